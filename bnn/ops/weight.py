@@ -30,6 +30,12 @@ def _fan_in_dims(w: torch.Tensor) -> Tuple[int, ...]:
     return tuple(range(1, w.dim()))
 
 
+def _mean_abs(w: torch.Tensor) -> torch.Tensor:
+    """mean |W_o| over the fan-in, shaped (C_out, 1, ..., 1); one pass over the weight."""
+    dims = _fan_in_dims(w)
+    return w.abs().sum(dim=dims, keepdim=True) / math.prod(w.shape[1:])
+
+
 def _standardize(w: torch.Tensor, eps: float) -> torch.Tensor:
     """N^(-1/2) (W - mu_o) / (sigma_o + eps), per output channel, biased sigma (NF-Nets)."""
     dims = _fan_in_dims(w)
@@ -112,11 +118,18 @@ class XNORWeightBinarizer(ScaledWeightBinarizer):
             w = w - w.mean(dim=1, keepdim=True)
         if not self.compute_alpha:
             return w, torch.ones((w.shape[0],) + (1,) * len(dims), dtype=w.dtype, device=w.device)
-        alpha = w.abs().mean(dim=dims, keepdim=True)
+        alpha = _mean_abs(w)
         return w, alpha.detach() if self.detach_alpha else alpha
 
     def _scaled_sign(self, v, scale):
-        return F.sign_ste(v) * scale
+        return F.scaled_sign(v, scale, "ste")
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.compute_alpha:
+            return super().forward(w)
+        if self.center_weights:
+            w = w - w.mean(dim=1, keepdim=True)
+        return F.xnor_sign(w, detach_alpha=self.detach_alpha, power_of_two=self.power_of_two)
 
     def extra_repr(self) -> str:
         return (f"compute_alpha={self.compute_alpha}, center_weights={self.center_weights}, "
@@ -132,10 +145,10 @@ class MagnitudeAwareWeightBinarizer(ScaledWeightBinarizer):
     """
 
     def _sign_and_scale(self, w):
-        return w, w.abs().mean(dim=_fan_in_dims(w), keepdim=True).detach()
+        return w, _mean_abs(w).detach()
 
     def _scaled_sign(self, v, scale):
-        return F.scaled_sign_clamp_ste(v, scale)
+        return F.scaled_sign(v, scale, "clamp")
 
 
 class ScaledWSWeightBinarizer(ScaledWeightBinarizer):
@@ -169,10 +182,10 @@ class ScaledWSWeightBinarizer(ScaledWeightBinarizer):
             raise RuntimeError("ScaledWSWeightBinarizer needs `channels`, or to be bound to a layer through a BConfig")
         v = _standardize(w, self.eps)
         gain = self.gain.view((-1,) + (1,) * (w.dim() - 1))
-        return v, gain * v.abs().mean(dim=_fan_in_dims(v), keepdim=True).detach()
+        return v, gain * _mean_abs(v).detach()
 
     def _scaled_sign(self, v, scale):
-        return F.scaled_sign_clamp_ste(v, scale)
+        return F.scaled_sign(v, scale, "clamp")
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, power_of_two={self.power_of_two}"
