@@ -1,11 +1,12 @@
 r"""bnn: binary neural networks in PyTorch. Binarize any model, train it with the papers' recipes,
 count its operations, and run it multiplication-free."""
-from . import layers, ops
+from . import engine, layers, ops, optim
 from .bconfig import BConfig, with_args
 from .binarize import DEFAULT_MODULE_MAPPING, convert, prepare_binary_model
+from .engine import BinaryChef, RecipeError
 from .ops import Identity
 
 __version__ = "0.2.0.dev0"
 
 __all__ = ["BConfig", "with_args", "Identity", "prepare_binary_model", "convert", "DEFAULT_MODULE_MAPPING",
-           "layers", "ops", "__version__"]
+           "BinaryChef", "RecipeError", "engine", "layers", "ops", "optim", "__version__"]

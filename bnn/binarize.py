@@ -74,8 +74,12 @@ def _suggest(word: str, names: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _resolve(selector: str, layer_names: List[str], all_names: List[str], what: str) -> Tuple[List[str], int]:
-    """Names of the swappable layers ``selector`` picks, and its priority (higher wins)."""
+def _resolve(selector: str, layer_names: List[str], all_names: List[str], what: str,
+             unmatched_patterns: str = "error") -> Tuple[List[str], int]:
+    """Names of the swappable layers ``selector`` picks, and its priority (higher wins).
+
+    ``unmatched_patterns="warn"`` turns a ``$regex$`` that matches nothing into a warning (recipes written
+    for families of models use it); a plain name that matches nothing is always an error."""
     if not isinstance(selector, str):
         raise ValueError(f"{what}: a layer selector must be a string, got {selector!r}")
     if selector in ("_first_", "_last_"):
@@ -89,7 +93,10 @@ def _resolve(selector: str, layer_names: List[str], all_names: List[str], what: 
             raise ValueError(f"{what}: {selector!r} is not a valid regular expression ({e})") from None
         matched = [n for n in layer_names if pattern.search(n)]
         if not matched:
-            raise ValueError(f"{what}: the pattern {selector!r} matches no layer bnn can binarize")
+            message = f"{what}: the pattern {selector!r} matches no layer bnn can binarize"
+            if unmatched_patterns != "warn":
+                raise ValueError(message)
+            warnings.warn(message, stacklevel=4)
         return matched, 1
     if selector in layer_names:
         return [selector], 3
@@ -121,7 +128,8 @@ def _swap(model: nn.Module, configs: Dict[str, BConfig], mapping: Mapping[type, 
 def prepare_binary_model(model: nn.Module, bconfig: BConfig,
                          modules_mapping: Optional[Mapping[type, type]] = None,
                          custom_config_layers_name: Optional[Mapping[str, Optional[BConfig]]] = None,
-                         ignore_layers_name: Optional[Iterable[str]] = None) -> nn.Module:
+                         ignore_layers_name: Optional[Iterable[str]] = None,
+                         unmatched_patterns: str = "error") -> nn.Module:
     r"""Swap the Conv / ConvTranspose / Linear layers of ``model`` (subclasses included) for fake-binarized
     ones, in place, and return the model.
 
@@ -135,6 +143,8 @@ def prepare_binary_model(model: nn.Module, bconfig: BConfig,
         modules_mapping: ``{float class: binary class}``; default :data:`DEFAULT_MODULE_MAPPING`.
         custom_config_layers_name: ``{selector: BConfig or None}``, per-layer overrides (see module doc).
         ignore_layers_name: selectors of layers to leave real, e.g. ``["_first_", "_last_"]``.
+        unmatched_patterns: ``"error"`` (default) or ``"warn"``: what a ``$regex$`` selector that matches no
+            layer does. A plain name that matches nothing is always an error.
 
     Returns:
         The model (a new module only if ``model`` itself is a single swappable layer).
@@ -152,6 +162,8 @@ def prepare_binary_model(model: nn.Module, bconfig: BConfig,
     """
     if not isinstance(bconfig, BConfig):
         raise ValueError(f"prepare_binary_model needs a bnn.BConfig, got {type(bconfig).__name__}")
+    if unmatched_patterns not in ("error", "warn"):
+        raise ValueError(f"unmatched_patterns must be 'error' or 'warn', got {unmatched_patterns!r}")
     custom = {} if custom_config_layers_name is None else custom_config_layers_name
     if not isinstance(custom, Mapping):
         raise ValueError(
@@ -173,12 +185,13 @@ def prepare_binary_model(model: nn.Module, bconfig: BConfig,
         if config is not None and not isinstance(config, BConfig):
             raise ValueError(f"custom_config_layers_name[{selector!r}] must be a BConfig or None, "
                              f"got {type(config).__name__}")
-        names, priority = _resolve(selector, layer_names, all_names, "custom_config_layers_name")
+        names, priority = _resolve(selector, layer_names, all_names, "custom_config_layers_name",
+                                   unmatched_patterns)
         for n in names:
             if priority >= chosen[n][0]:
                 chosen[n] = (priority, config)
     for selector in ignore:
-        for n in _resolve(selector, layer_names, all_names, "ignore_layers_name")[0]:
+        for n in _resolve(selector, layer_names, all_names, "ignore_layers_name", unmatched_patterns)[0]:
             chosen[n] = (99, None)
 
     return _swap(model, {n: c for n, (_, c) in chosen.items() if c is not None}, mapping)
