@@ -21,7 +21,7 @@ setup(
         "examples": vision + ["scikit-learn>=1.0", "tqdm", "matplotlib"],
         "test": vision + ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0"],
     },
-    entry_points={},
+    entry_points={"console_scripts": ["bnn = bnn.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: BSD License",
         "Programming Language :: Python :: 3",

@@ -4,9 +4,10 @@ from . import engine, layers, ops, optim
 from .bconfig import BConfig, with_args
 from .binarize import DEFAULT_MODULE_MAPPING, convert, prepare_binary_model
 from .engine import BinaryChef, RecipeError
+from .profile import count_ops, summary
 from .ops import Identity
 
 __version__ = "0.2.0.dev0"
 
 __all__ = ["BConfig", "with_args", "Identity", "prepare_binary_model", "convert", "DEFAULT_MODULE_MAPPING",
-           "BinaryChef", "RecipeError", "engine", "layers", "ops", "optim", "__version__"]
+           "BinaryChef", "RecipeError", "count_ops", "summary", "engine", "layers", "ops", "optim", "__version__"]
