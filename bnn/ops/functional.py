@@ -26,8 +26,9 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     ``torch.sign`` maps 0 to 0, which makes activations ternary and breaks bit-packing.
     """
     # x + 0.0 turns -0.0 into +0.0, so copysign then agrees with x >= 0; two fast passes
-    # (torch.where against scalars is several times slower on CPU).
-    out = x + 0.0
+    # (torch.where against scalars is several times slower on CPU). Detached: sign has no gradient,
+    # and copysign(out=) refuses an `out` that requires grad.
+    out = x.detach() + 0.0
     return torch.copysign(torch.ones((), dtype=x.dtype, device=x.device), out, out=out)
 
 
@@ -109,8 +110,9 @@ class _StochasticSign(torch.autograd.Function):
         return torch.ops.aten.hardtanh_backward(grad, x, -1.0, 1.0)
 
 
-# Largest float32 bound that a strict compare turns into the inclusive |v| <= 1 of clamp's gradient.
-_ONE_INCLUSIVE = 1.0000001192092896
+def _one_inclusive(dtype: torch.dtype) -> float:
+    """The next value above 1 in ``dtype``: a strict compare against it is the inclusive |v| <= 1."""
+    return 1.0 + torch.finfo(dtype).eps
 
 
 class _ScaledSign(torch.autograd.Function):
@@ -124,8 +126,8 @@ class _ScaledSign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, scale, estimator):
-        out = v + 0.0
-        torch.copysign(scale, out, out=out)
+        # sign(v) * scale, not copysign(scale, v): copysign would drop the sign of a negative scale.
+        out = sign(v).mul_(scale)
         ctx.estimator = estimator
         ctx.save_for_backward(v, scale, out)
         return out
@@ -136,7 +138,8 @@ class _ScaledSign(torch.autograd.Function):
         grad_v = grad_scale = None
         if ctx.needs_input_grad[0]:
             if ctx.estimator == "clamp":
-                grad_v = torch.ops.aten.hardtanh_backward(grad, v, -_ONE_INCLUSIVE, _ONE_INCLUSIVE)
+                one = _one_inclusive(v.dtype)
+                grad_v = torch.ops.aten.hardtanh_backward(grad, v, -one, one)
             else:
                 grad_v = torch.ops.aten.hardtanh_backward(grad, v, -1.0, 1.0).mul_(scale)
         if ctx.needs_input_grad[1]:
@@ -234,7 +237,10 @@ def stochastic_sign(x: torch.Tensor) -> torch.Tensor:
 def sign_with_surrogate(x: torch.Tensor, surrogate) -> torch.Tensor:
     r"""sign(x) in the forward pass, the gradient of ``surrogate(x)`` in the backward pass."""
     soft = surrogate(x)
-    return soft + (sign(x) - soft).detach()
+    # (soft - soft) is exactly 0, so the output is exactly +-1 whatever the surrogate's range;
+    # soft + (sign - soft) is not when soft is outside [-1, 1] or of the other sign (a sigmoid surrogate
+    # gives -0.9999999999999999 at some x < 0).
+    return (soft - soft.detach()) + sign(x)
 
 
 def scaled_sign(v: torch.Tensor, scale: torch.Tensor, estimator: str = "clamp") -> torch.Tensor:

@@ -74,7 +74,8 @@ class ScaledWeightBinarizer(BinarizerBase):
     def _scale(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         v, scale = self._sign_and_scale(w)
         if self.power_of_two:
-            scale = F.power_of_two(scale.clamp_min(torch.finfo(scale.dtype).tiny))
+            # Rounded in magnitude, the sign kept: a negative K (a learnable gain below 0) stays negative.
+            scale = F.power_of_two(scale.abs().clamp_min(torch.finfo(scale.dtype).tiny)).copysign(scale)
         return v, scale
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
