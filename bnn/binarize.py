@@ -113,6 +113,21 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def _disable_fused_fast_paths(model: nn.Module) -> None:
+    """nn.TransformerEncoderLayer (and nn.TransformerEncoder, through nested tensors) has a fused path for
+    eval mode without grad that reads linear1/linear2's weights and never calls their forward: with binary
+    layers inside, it would compute the float layer. Turn it off where a binary layer sits inside."""
+    for module in model.modules():
+        if not isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+            continue
+        if not any(isinstance(m, bl.BinarizedLayer) for m in module.modules()):
+            continue
+        if isinstance(module, nn.TransformerEncoderLayer):
+            module.activation_relu_or_gelu = 0  # the fused path requires it; the plain path never reads it
+        else:
+            module.use_nested_tensor = False
+
+
 def _swap(model: nn.Module, configs: Dict[str, BConfig], mapping: Mapping[type, type]) -> nn.Module:
     modules = dict(model.named_modules())
     for name, bconfig in configs.items():
@@ -122,6 +137,7 @@ def _swap(model: nn.Module, configs: Dict[str, BConfig], mapping: Mapping[type, 
         if name == "":
             return new
         _replace(model, name, new)
+    _disable_fused_fast_paths(model)
     return model
 
 

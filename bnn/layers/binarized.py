@@ -60,8 +60,9 @@ class BinarizedLayer:
     def _out_channels(self) -> int:
         return self.weight.shape[0]
 
-    def _channel_dim(self) -> int:
-        return 1
+    def _channel_dim(self, ndim: int) -> int:
+        # (N, C, *spatial) -> 1; an unbatched (C, *spatial) input -> 0
+        return 1 if ndim == max(self._input_ranks) else 0
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], **kwargs) -> torch.Tensor:
         raise NotImplementedError
@@ -82,7 +83,7 @@ class BinarizedLayer:
         if not self.training and isinstance(wpp, ScaledWeightBinarizer):
             signs, scale = wpp.split(self._to_out_major(self.weight))
             out = self._op(x_b, self._from_out_major(signs), None, **kwargs)
-            shape = broadcast_shape(scale.numel(), out.dim(), self._channel_dim())
+            shape = broadcast_shape(scale.numel(), out.dim(), self._channel_dim(out.dim()))
             out = out * scale.view(shape)
             if self.bias is not None:
                 out = out + self.bias.view(shape)
@@ -267,7 +268,7 @@ class BinaryLinear(BinarizedLayer, nn.Linear):
     def _float_kwargs(cls, mod):
         return dict(in_features=mod.in_features, out_features=mod.out_features)
 
-    def _channel_dim(self):
+    def _channel_dim(self, ndim):
         return -1
 
     def _op(self, x, w, bias):
