@@ -28,6 +28,7 @@ from .layers.binarized import BinarizedLayer
 from .layers.blocks import LearnableBias, PowerOfTwoRPReLU, RPReLU
 from .ops.base import Identity
 from .ops.weight import ScaledWeightBinarizer
+from .tracing import LeafTracer
 
 __all__ = ["LayerCount", "OpsReport", "count_ops", "LayerSummary", "ModelSummary", "summary"]
 
@@ -198,14 +199,6 @@ def _count_function(fname: str, args: Tuple, out: Any, elementwise: Dict[str, in
 
 
 # -- tracing ---------------------------------------------------------------------------------------
-class _LeafTracer(torch.fx.Tracer):
-    """torch.fx's tracer, with bnn's binary layers and blocks kept whole."""
-
-    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return isinstance(m, (BinarizedLayer, LearnableBias, RPReLU, PowerOfTwoRPReLU)) or \
-            super().is_leaf_module(m, qualified_name)
-
-
 class _Counted:
     __slots__ = ("value",)
 
@@ -214,11 +207,11 @@ class _Counted:
 
 
 class _BinaryAwareInterpreter(ops_fx.ProfilingInterpreter):
-    """pthflops' profiling interpreter, tracing with :class:`_LeafTracer` and counting bnn's layers by
+    """pthflops' profiling interpreter, tracing with :class:`bnn.tracing.LeafTracer` and counting bnn's layers by
     their precision (its ``run_node`` mistakes any tuple result, e.g. ``x.size()``, for a count)."""
 
     def __init__(self, model: nn.Module):
-        graph = _LeafTracer().trace(model)
+        graph = LeafTracer().trace(model)
         torch.fx.Interpreter.__init__(self, torch.fx.GraphModule(model, graph))
         self.custom_ops = {}
         self.rows: List[LayerCount] = []
@@ -253,7 +246,7 @@ class _BinaryAwareInterpreter(ops_fx.ProfilingInterpreter):
 
 
 def _count_with_hooks(model: nn.Module, inputs: Tuple[torch.Tensor, ...]):
-    tracer = _LeafTracer()
+    tracer = LeafTracer()
     rows: List[LayerCount] = []
     elementwise: Dict[str, int] = {}
     uncounted: List[str] = []

@@ -1,0 +1,164 @@
+r"""The modules of an inference graph: binary layers on packed bits, and the exact float form of layers
+binarized on one side only.
+
+A packed layer takes the real tensor that reached the binary layer (or the input of the per-channel
+operations folded into its thresholds), turns it into bits with one compare per element, computes the
+integer sum of ±1 products by XNOR-popcount over packed words, and applies the epilogue of the trained
+layer: per-channel scale (a shift when it is a power of two), bias, output scaler. The float operations of
+the epilogue are those of the fake-binarized layer in eval mode, in the same order, so the outputs agree
+exactly.
+"""
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .packing import binary_conv2d_reference, binary_linear_reference, pack_bits
+from .thresholds import ChannelThresholds
+
+__all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "SignedRealLayer", "is_power_of_two"]
+
+
+def is_power_of_two(values: torch.Tensor) -> bool:
+    """True when every value is ±2^k (a shift, and a negation for negative values)."""
+    mantissa, _ = torch.frexp(values.detach().float())
+    return bool((mantissa.abs() == 0.5).all())
+
+
+class _Epilogue(nn.Module):
+    """Scale, bias and output scaler of a binary layer, as its eval-mode forward applies them."""
+
+    def _init_epilogue(self, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                       post: Optional[nn.Module], channel_dim: int) -> None:
+        self.register_buffer("scale", None if scale is None else scale.detach().float().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.post = post
+        self.channel_dim = channel_dim
+
+    def _finish(self, dot: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = dot.to(x.dtype)
+        shape = [1] * out.dim()
+        shape[self.channel_dim] = -1
+        if self.scale is not None:
+            out = out * self.scale.view(shape)
+        if self.bias is not None:
+            out = out + self.bias.view(shape)
+        if self.post is not None:
+            out = self.post(out, x)
+        return out
+
+    @property
+    def scale_is_shift(self) -> bool:
+        return self.scale is not None and is_power_of_two(self.scale)
+
+
+class PackedBinaryConv2d(_Epilogue):
+    r"""A binary 2-D convolution on packed bits (Conv1d runs as a 2-D convolution of height 1).
+
+    Buffers: ``weight_bits`` (int64, ``(C_out, words)``), ``threshold`` / ``direction`` of the input compare,
+    and the epilogue's ``scale`` and ``bias``.
+    """
+
+    def __init__(self, thresholds: ChannelThresholds, weight_signs: torch.Tensor, stride: Tuple[int, ...],
+                 padding: Tuple[int, ...], dilation: Tuple[int, ...], groups: int,
+                 scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                 post: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv1d = weight_signs.dim() == 3
+        signs = weight_signs.unsqueeze(2) if self.conv1d else weight_signs
+        self.out_channels, per_group, kh, kw = signs.shape
+        self.in_channels = per_group * groups
+        self.kernel_size = (kh, kw)
+        lift = (lambda v, one: (one, v[0])) if self.conv1d else (lambda v, one: tuple(v))
+        self.stride, self.padding = lift(stride, 1), lift(padding, 0)
+        self.dilation, self.groups = lift(dilation, 1), groups
+        self.register_buffer("weight_bits", pack_bits(signs.reshape(self.out_channels, -1) > 0))
+        self.register_buffer("threshold", thresholds.threshold.clone())
+        self.register_buffer("direction", thresholds.direction.clone())
+        self._init_epilogue(scale, bias, post, channel_dim=1)
+
+    def input_bits(self, x: torch.Tensor) -> torch.Tensor:
+        return ChannelThresholds(self.threshold, self.direction).bits(x, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unbatched = x.dim() == (2 if self.conv1d else 3)
+        xb = x.unsqueeze(0) if unbatched else x
+        bits = self.input_bits(xb)
+        if self.conv1d:
+            bits = bits.unsqueeze(2)
+        dot = binary_conv2d_reference(bits, self.weight_bits, self.kernel_size, self.stride, self.padding,
+                                      self.dilation, self.groups, self.in_channels)
+        if self.conv1d:
+            dot = dot.squeeze(2)
+        out = self._finish(dot, xb)
+        return out.squeeze(0) if unbatched else out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"scale={'shift' if self.scale_is_shift else ('multiply' if self.scale is not None else 'none')}")
+
+
+class PackedBinaryLinear(_Epilogue):
+    r"""A binary linear layer on packed bits; channels on the last axis."""
+
+    def __init__(self, thresholds: ChannelThresholds, weight_signs: torch.Tensor,
+                 scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                 post: Optional[nn.Module] = None):
+        super().__init__()
+        self.out_features, self.in_features = weight_signs.shape
+        self.register_buffer("weight_bits", pack_bits(weight_signs > 0))
+        self.register_buffer("threshold", thresholds.threshold.clone())
+        self.register_buffer("direction", thresholds.direction.clone())
+        self._init_epilogue(scale, bias, post, channel_dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bits = ChannelThresholds(self.threshold, self.direction).bits(x, -1)
+        dot = binary_linear_reference(pack_bits(bits), self.weight_bits, self.in_features)
+        return self._finish(dot, x)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"scale={'shift' if self.scale_is_shift else ('multiply' if self.scale is not None else 'none')}")
+
+
+class SignedRealLayer(nn.Module):
+    r"""A layer binarized on one side only, in its exact float form: the input turned to ±1 by thresholds
+    (when its activations are binary) and the weight as the binarizer made it, frozen. Its multiply-
+    accumulates stay real (they count as float MACs)."""
+
+    def __init__(self, layer: nn.Module, thresholds: Optional[ChannelThresholds], weight: torch.Tensor,
+                 scale: Optional[torch.Tensor], post: Optional[nn.Module]):
+        super().__init__()
+        self.kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("scale", None if scale is None else scale.detach().float().clone())
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
+        self.register_buffer("threshold", None if thresholds is None else thresholds.threshold.clone())
+        self.register_buffer("direction", None if thresholds is None else thresholds.direction.clone())
+        self.conv_args: Dict = {} if self.kind == "linear" else dict(
+            stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+        self.post = post
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channel_dim = -1 if self.kind == "linear" else 1
+        xb = x
+        if self.threshold is not None:
+            bits = ChannelThresholds(self.threshold, self.direction).bits(x, channel_dim)
+            xb = torch.where(bits, 1.0, -1.0).to(x.dtype)
+        if self.kind == "linear":
+            op = lambda inp, w, b: F.linear(inp, w, b)  # noqa: E731
+        else:
+            conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[self.weight.dim()]
+            op = lambda inp, w, b: conv(inp, w, b, **self.conv_args)  # noqa: E731
+        if self.scale is None:
+            out = op(xb, self.weight, self.bias)
+        else:
+            out = op(xb, self.weight, None)
+            shape = [1] * out.dim()
+            shape[channel_dim] = -1
+            out = out * self.scale.view(shape)
+            if self.bias is not None:
+                out = out + self.bias.view(shape)
+        return self.post(out, x) if self.post is not None else out
