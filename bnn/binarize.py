@@ -151,7 +151,9 @@ def prepare_binary_model(model: nn.Module, bconfig: BConfig,
 
     The binary layers keep the float layers' Parameter objects and state_dict keys, so a float checkpoint
     loads into the binarized model, before or after this call. Already-binarized layers are re-binarized
-    with the new config, keeping what their binarizers learned where a binarizer keeps its class.
+    with the new config, keeping what their binarizers learned where a binarizer keeps its class; an
+    already-binarized layer that this call leaves real (ignored, or configured None) goes back to its
+    float class, with the same parameters.
 
     Args:
         model: any ``nn.Module``.
@@ -210,6 +212,13 @@ def prepare_binary_model(model: nn.Module, bconfig: BConfig,
         for n in _resolve(selector, layer_names, all_names, "ignore_layers_name", unmatched_patterns)[0]:
             chosen[n] = (99, None)
 
+    # A layer left real that is binary already (an earlier recipe step) goes back to its float class.
+    for name, (_, config) in chosen.items():
+        module = model.get_submodule(name) if name else model
+        if config is None and isinstance(module, bl.BinarizedLayer):
+            if name == "":
+                return module.to_float()
+            _replace(model, name, module.to_float())
     return _swap(model, {n: c for n, (_, c) in chosen.items() if c is not None}, mapping)
 
 

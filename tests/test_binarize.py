@@ -242,13 +242,12 @@ def test_binary_checkpoint_missing_one_binarizer_key_raises():
         b.load_state_dict(state, strict=True)
 
 
-@pytest.mark.xfail(strict=True, reason="design question: a layer whose binarizers hold a single key cannot tell "
-                                       "a binary checkpoint missing that key from a float checkpoint")
 def test_binary_checkpoint_missing_the_only_binarizer_key_of_a_layer_raises():
     config = BConfig(activation_pre_process=RSign, weight_pre_process=XNORWeightBinarizer)
     state = prepare_binary_model(resnet18(), config).state_dict()
     del state["layer1.0.conv1.activation_pre_process.bias"]
-    with pytest.raises(RuntimeError):
+    # the state_dict metadata marks the layer as binary: the missing key is an error
+    with pytest.raises(RuntimeError, match="layer1.0.conv1.activation_pre_process.bias"):
         prepare_binary_model(resnet18(), config).load_state_dict(state, strict=True)
 
 

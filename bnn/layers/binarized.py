@@ -30,6 +30,9 @@ class BinarizedLayer:
     r"""Mixin shared by the binary layers. Subclasses set ``_FLOAT_MODULE`` and implement ``_op``."""
 
     _FLOAT_MODULE: type = nn.Module
+    # Written into the state_dict metadata of the layer: a checkpoint carrying it comes from a binary layer,
+    # so a binarizer key missing from it is an error, not the sign of a float checkpoint.
+    _version = 101
     #: Qualified name in the model, set by :func:`bnn.prepare_binary_model` for error messages.
     bnn_name: Optional[str] = None
 
@@ -127,6 +130,16 @@ class BinarizedLayer:
         new.train(mod.training)
         return new
 
+    def to_float(self) -> nn.Module:
+        r"""The float layer this one came from: a ``_FLOAT_MODULE`` holding the same Parameter objects
+        (binarizers and what they learned are dropped)."""
+        float_cls = self._FLOAT_MODULE
+        new = float_cls(**self._float_kwargs(self), bias=self.bias is not None, device="meta")
+        new.weight = self.weight
+        new.bias = self.bias
+        new.train(self.training)
+        return new
+
     # -- loading float checkpoints ---------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -136,7 +149,8 @@ class BinarizedLayer:
         for role in _ROLES:
             for key, value in getattr(self, role).state_dict().items():
                 own[f"{prefix}{role}.{key}"] = value
-        if own and prefix + "weight" in state_dict and not any(k in state_dict for k in own):
+        from_binary_layer = local_metadata.get("version") == BinarizedLayer._version
+        if own and not from_binary_layer and prefix + "weight" in state_dict and not any(k in state_dict for k in own):
             state_dict.update(own)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
