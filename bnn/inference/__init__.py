@@ -1,5 +1,6 @@
 r"""Inference: convert a trained fake-binarized model into a multiplication-free graph on packed bits."""
 from .convert import ConversionError, to_inference
 from .model import InferenceModel
+from .serialization import load_inference
 
-__all__ = ["to_inference", "InferenceModel", "ConversionError"]
+__all__ = ["to_inference", "load_inference", "InferenceModel", "ConversionError"]
