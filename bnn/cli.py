@@ -1,6 +1,7 @@
 r"""The ``bnn`` command.
 
     bnn ops --model resnet18 [--recipe recipes/abbnn.yaml] [--input 1,3,224,224]
+    bnn convert checkpoints/last.pt -o model.bnn [--model NAME] [--recipe PATH] [--input 1,3,32,32]
 """
 import argparse
 import sys
@@ -57,6 +58,56 @@ def _cmd_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import os
+
+    from .engine import BinaryChef
+    from .inference import to_inference
+    from .profile import summary
+    try:
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise ValueError(f"no such checkpoint: {args.checkpoint}") from None
+    except Exception as e:
+        raise ValueError(f"cannot read {args.checkpoint} as a torch checkpoint: {e}") from None
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
+    if not isinstance(state, dict):
+        raise ValueError(f"{args.checkpoint} holds no state_dict (a dict of tensors, or a dict with a 'model' entry)")
+    name = args.model or (checkpoint.get("model_name") if isinstance(checkpoint, dict) else None)
+    recipe = args.recipe or (checkpoint.get("recipe") if isinstance(checkpoint, dict) else None)
+    if not name:
+        raise ValueError("the checkpoint does not say which model it is: pass --model")
+    if not recipe:
+        raise ValueError("the checkpoint does not say which recipe binarized it: pass --recipe")
+    num_classes = args.num_classes
+    for key, value in state.items():
+        if key.endswith("weight") and value.dim() == 2:
+            num_classes = value.shape[0]  # the last 2-D weight is the classifier's
+    model = _build_model(name, num_classes)
+    chef = BinaryChef(recipe)
+    if isinstance(checkpoint, dict) and "chef" in checkpoint:
+        chef.load_state_dict(checkpoint["chef"])
+        model = chef.restore(model)
+    else:
+        for _ in range(len(chef)):
+            model = chef.next(model)
+    model.load_state_dict(state)
+    example = torch.randn(*args.input)
+    inference = to_inference(model.eval(), example)
+    inference.save(args.output)
+    with torch.no_grad():
+        reference = model(example)
+    worst = float(((inference(example) - reference).abs().max() / reference.abs().max().clamp_min(1e-12)))
+    float_bytes = 4 * sum(p.numel() for p in model.parameters())
+    size = os.path.getsize(args.output)
+    census = inference.op_census(example)
+    print(f"wrote {args.output}: {size:,} bytes; float32 model {float_bytes:,} bytes "
+          f"(compression {float_bytes / size:.1f}x)")
+    print(f"largest relative difference to the trained model on a random input: {worst:.1e}")
+    print("op census: " + ", ".join(f"{k} {census[k]:,}" for k in census))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="bnn", description="bnn: binary neural networks in PyTorch")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -69,6 +120,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     ops.add_argument("--input", type=_shape, default=[1, 3, 224, 224], help="input shape (default 1,3,224,224)")
     ops.add_argument("--num-classes", type=int, default=1000)
     ops.set_defaults(run=_cmd_ops)
+
+    conv = sub.add_parser("convert", help="convert a trained checkpoint into a packed inference model",
+                          description="Convert a checkpoint of a fake-binarized model (examples/train.py writes "
+                                      "them) into a multiplication-free inference model file.")
+    conv.add_argument("checkpoint", help="a checkpoint: {'model': state_dict, 'model_name', 'recipe', 'chef'} "
+                                         "or a bare state_dict with --model and --recipe")
+    conv.add_argument("-o", "--output", required=True, help="the .bnn file to write")
+    conv.add_argument("--model", help="model name (default: the checkpoint's)")
+    conv.add_argument("--recipe", help="recipe that binarized it (default: the checkpoint's)")
+    conv.add_argument("--input", type=_shape, default=[1, 3, 32, 32], help="input shape (default 1,3,32,32)")
+    conv.add_argument("--num-classes", type=int, default=1000)
+    conv.set_defaults(run=_cmd_convert)
 
     args = parser.parse_args(argv)
     if args.command is None:
