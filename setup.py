@@ -15,7 +15,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["bnn", "bnn.*"]),
     include_package_data=True,
-    install_requires=["torch>=2.1", "pyyaml>=5.1", "pthflops>=0.4", "packaging"],
+    package_data={"bnn.inference": ["csrc/*.cpp"]},
+    install_requires=["torch>=2.1", "pyyaml>=5.1", "pthflops>=0.4", "packaging", "ninja"],
     extras_require={
         "vision": vision,
         "examples": vision + ["scikit-learn>=1.0", "tqdm", "matplotlib"],

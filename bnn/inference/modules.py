@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
 from .packing import binary_conv2d_reference, binary_linear_reference, pack_bits
 from .thresholds import ChannelThresholds
 
@@ -81,17 +82,36 @@ class PackedBinaryConv2d(_Epilogue):
     def input_bits(self, x: torch.Tensor) -> torch.Tensor:
         return ChannelThresholds(self.threshold, self.direction).bits(x, 1)
 
+    def _kernel_weight(self) -> torch.Tensor:
+        cached = getattr(self, "_kernel_weight_cache", None)
+        if cached is None or cached[0] is not self.weight_bits:
+            layout = kernels.conv_weight_layout(self.weight_bits, self.out_channels, self.in_channels,
+                                                self.kernel_size, self.groups)
+            self._kernel_weight_cache = cached = (self.weight_bits, layout)
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unbatched = x.dim() == (2 if self.conv1d else 3)
         xb = x.unsqueeze(0) if unbatched else x
-        bits = self.input_bits(xb)
-        if self.conv1d:
-            bits = bits.unsqueeze(2)
-        dot = binary_conv2d_reference(bits, self.weight_bits, self.kernel_size, self.stride, self.padding,
-                                      self.dilation, self.groups, self.in_channels)
-        if self.conv1d:
-            dot = dot.squeeze(2)
-        out = self._finish(dot, xb)
+        x4 = xb.unsqueeze(2) if self.conv1d else xb
+        isa = kernels.kernel_isa() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        if isa is not None:
+            ext = kernels.extension()
+            packed = ext.pack_input(x4, self.threshold, self.direction, self.groups)
+            out = ext.binary_conv2d(packed, self._kernel_weight(), self.in_channels, self.out_channels,
+                                    *self.kernel_size, *self.stride, *self.padding, *self.dilation, self.groups,
+                                    self.scale, self.bias, isa)
+            if self.conv1d:
+                out = out.squeeze(2)
+            if self.post is not None:
+                out = self.post(out, xb)
+        else:
+            bits = self.input_bits(x4)
+            dot = binary_conv2d_reference(bits, self.weight_bits, self.kernel_size, self.stride, self.padding,
+                                          self.dilation, self.groups, self.in_channels)
+            if self.conv1d:
+                dot = dot.squeeze(2)
+            out = self._finish(dot, xb)
         return out.squeeze(0) if unbatched else out
 
     def extra_repr(self) -> str:

@@ -94,8 +94,11 @@ def derive_thresholds(positive: Callable[[torch.Tensor], torch.Tensor], channels
     direction = torch.where(increasing, 1, torch.where(decreasing, -1, 0)).to(torch.int8)
     threshold = torch.where(constant, low.to(torch.float32), threshold)
 
-    # check: the compare agrees with the predicate on both sides of every boundary
-    for probe in (_from_key(hi), _from_key(lo), _from_key(hi + 1), _from_key(lo - 1), torch.zeros(channels)):
+    # check: the compare agrees with the predicate on both sides of every boundary (finite probes only: past
+    # the largest float is +-inf, where e.g. a zero BatchNorm weight gives inf * 0 = nan, not the constant)
+    key_min, key_max = _to_key(torch.tensor(-big)), _to_key(torch.tensor(big))
+    for probe in (_from_key(hi), _from_key(lo), _from_key((hi + 1).clamp(max=key_max)),
+                  _from_key((lo - 1).clamp(min=key_min)), torch.zeros(channels)):
         expected = evaluate(probe)
         got = ChannelThresholds(threshold, direction).bits(probe.view(view).expand(shape), channel_dim)
         reduce = tuple(d for d in range(len(shape)) if d != channel_dim % len(shape))

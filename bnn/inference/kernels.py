@@ -1,0 +1,102 @@
+r"""The fast CPU kernels (``csrc/binary_kernels.cpp``): built on first use with
+``torch.utils.cpp_extension`` (ninja, cached in torch's extension folder), the code path chosen at run
+time (AVX-512 VPOPCNTDQ, AVX2, portable C++), threads as ``torch.get_num_threads()``.
+
+Without a working compiler the packed layers fall back to the PyTorch reference in
+:mod:`bnn.inference.packing`, with one warning saying why. ``BNN_KERNELS=reference`` forces that fallback;
+``BNN_KERNELS=portable|avx2|avx512`` caps the code path (tests compare them).
+"""
+import math
+import os
+import shutil
+import sys
+import threading
+import warnings
+from typing import Optional
+
+import torch
+
+from .packing import unpack_bits
+
+__all__ = ["extension", "kernel_isa", "conv_weight_layout", "ISA_NAMES"]
+
+ISA_NAMES = {0: "portable", 1: "avx2", 2: "avx512"}
+_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "binary_kernels.cpp")
+_NAME = "bnn_binary_kernels"
+_lock = threading.Lock()
+_state = {"tried": False, "module": None}
+
+
+def _ninja_on_path() -> None:
+    # A virtual environment's bin/ is not on PATH when its python runs by full path: put the ninja that
+    # pip installed (and this interpreter's bin/) in front, so that the build finds it.
+    folders = [os.path.dirname(sys.executable)]
+    try:
+        import ninja
+        folders.insert(0, ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        pass
+    path = os.environ.get("PATH", "")
+    missing = [f for f in folders if f and f not in path.split(os.pathsep)]
+    if missing:
+        os.environ["PATH"] = os.pathsep.join(missing + [path])
+
+
+def _build():
+    from torch.utils import cpp_extension
+    _ninja_on_path()
+    kwargs = dict(sources=[_SOURCE], extra_cflags=["-O3", "-ffp-contract=off"], verbose=False)
+    try:
+        return cpp_extension.load(name=_NAME, **kwargs)
+    except (ImportError, OSError):
+        # built, but the library does not load (a stale or broken cache, e.g. built for another torch):
+        # wipe the build folder and build again under a fresh name (this process has the old one cached)
+        shutil.rmtree(cpp_extension._get_build_directory(_NAME, verbose=False), ignore_errors=True)
+        return cpp_extension.load(name=_NAME + "_rebuilt", **kwargs)
+
+
+def extension():
+    """The compiled kernels, or None (reference fallback) after one warning."""
+    if os.environ.get("BNN_KERNELS", "").lower() == "reference":
+        return None
+    if _state["tried"]:
+        return _state["module"]
+    with _lock:
+        if not _state["tried"]:
+            try:
+                _state["module"] = _build()
+            except Exception as e:  # any build failure: say why, once, and run the reference kernels
+                message = str(e).strip() or type(e).__name__
+                warnings.warn("bnn: the fast binary kernels could not be built, so the (much slower) PyTorch "
+                              f"reference runs instead. The compiler said:\n{message[-4000:]}", RuntimeWarning,
+                              stacklevel=3)
+                _state["module"] = None
+            _state["tried"] = True
+    return _state["module"]
+
+
+def kernel_isa() -> Optional[int]:
+    """The code path the kernels run (0 portable, 1 AVX2, 2 AVX-512), capped by ``BNN_KERNELS``; None
+    when they are not available."""
+    ext = extension()
+    if ext is None:
+        return None
+    best = int(ext.cpu_isa())
+    cap = {v: k for k, v in ISA_NAMES.items()}.get(os.environ.get("BNN_KERNELS", "").lower())
+    return best if cap is None else min(best, cap)
+
+
+def conv_weight_layout(weight_bits: torch.Tensor, out_channels: int, in_channels: int, kernel_size, groups: int
+                       ) -> torch.Tensor:
+    """Re-pack reference-layout weight words ``(C_out, words of C_in/G * kh * kw bits)`` into the kernels'
+    ``[G, KH, KW, WG, COB]`` layout (COB = C_out / G rounded up to 8, zero bits in the padding)."""
+    kh, kw = kernel_size
+    cin_g, cout_g = in_channels // groups, out_channels // groups
+    signs = unpack_bits(weight_bits, cin_g * kh * kw).view(groups, cout_g, cin_g, kh, kw)
+    wg = math.ceil(cin_g / 64)
+    cob = math.ceil(cout_g / 8) * 8
+    bits = torch.zeros(groups, kh, kw, wg * 64, cob, dtype=torch.bool)
+    bits[:, :, :, :cin_g, :cout_g] = signs.permute(0, 3, 4, 2, 1)
+    from .packing import pack_bits
+    words = pack_bits(bits.view(groups, kh, kw, wg, 64, cob).permute(0, 1, 2, 3, 5, 4).contiguous())
+    return words.squeeze(-1).contiguous()  # [G, KH, KW, WG, COB]
