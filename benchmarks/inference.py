@@ -1,0 +1,159 @@
+r"""Packed binary inference vs float PyTorch on this CPU, measured side by side in one process.
+
+    python benchmarks/inference.py [--repeats 15] [--threads 1,2] [--batches 1,8] [--skip-layers] [--skip-models]
+
+1. Per layer: ReActNet-18 and ReActNet-A conv shapes, packed binary layer (threshold + pack + XNOR-popcount
+   conv + scale, float in and out) vs ``F.conv2d`` in float32 of the same shape.
+2. End to end: ``abbnn_reactnet18`` and ``abbnn_reactnet_a`` (ImageNet stem, 224x224, binarized by
+   recipes/abbnn-pow2.yaml, converted) vs float torchvision resnet18 and mobilenet_v2: latency at batch 1,
+   throughput at batch 8.
+3. Memory: packed model file vs float32 parameters.
+Figures are medians of repeats, the contenders interleaved; ratios are float time / binary time.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import bnn
+from bnn.inference import kernels
+from bnn.inference.modules import PackedBinaryConv2d
+from bnn.inference.thresholds import ChannelThresholds
+
+# (name, channels in, channels out, kernel, stride, spatial size of the input)
+LAYERS = [
+    ("reactnet18 3x3 64@56", 64, 64, 3, 1, 56),
+    ("reactnet18 3x3 128@28", 128, 128, 3, 1, 28),
+    ("reactnet18 3x3 256@14", 256, 256, 3, 1, 14),
+    ("reactnet18 3x3 512@7", 512, 512, 3, 1, 7),
+    ("reactnet18 1x1 64->128 s2@56", 64, 128, 1, 2, 56),
+    ("reactnet18 1x1 256->512 s2@14", 256, 512, 1, 2, 14),
+    ("reactnet_a 3x3 32@112", 32, 32, 3, 1, 112),
+    ("reactnet_a 3x3 128@56", 128, 128, 3, 1, 56),
+    ("reactnet_a 3x3 512@14", 512, 512, 3, 1, 14),
+    ("reactnet_a 3x3 1024@7", 1024, 1024, 3, 1, 7),
+    ("reactnet_a 1x1 128@56", 128, 128, 1, 1, 56),
+    ("reactnet_a 1x1 512@14", 512, 512, 1, 1, 14),
+    ("reactnet_a 1x1 1024@7", 1024, 1024, 1, 1, 7),
+]
+
+
+def median_times(contenders, repeats):
+    """Run every contender once to warm up, then ``repeats`` interleaved rounds; medians in seconds."""
+    for f in contenders.values():
+        f()
+    times = {k: [] for k in contenders}
+    for _ in range(repeats):
+        for k, f in contenders.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def packed_layer(cin, cout, k, stride):
+    thresholds = ChannelThresholds(torch.randn(cin) * 0.1, torch.ones(cin, dtype=torch.int8))
+    signs = torch.where(torch.randn(cout, cin, k, k) >= 0, 1.0, -1.0)
+    pad = k // 2
+    return PackedBinaryConv2d(thresholds, signs, (stride, stride), (pad, pad), (1, 1), 1,
+                              scale=torch.rand(cout) + 0.5)
+
+
+def bench_layers(args):
+    print("\n== Per layer: packed binary conv vs torch float32 F.conv2d (same shape) ==")
+    print(f"{'layer':<32} {'batch':>5} {'thr':>3} {'float ms':>9} {'binary ms':>10} {'speed-up':>9}")
+    rows = []
+    for name, cin, cout, k, stride, size in LAYERS:
+        layer = packed_layer(cin, cout, k, stride)
+        weight = torch.randn(cout, cin, k, k)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for batch in args.batches:
+                x = torch.randn(batch, cin, size, size)
+                t = median_times({
+                    "float": lambda: F.conv2d(x, weight, stride=stride, padding=k // 2),
+                    "binary": lambda: layer(x),
+                }, args.repeats)
+                ratio = t["float"] / t["binary"]
+                rows.append((name, batch, threads, ratio))
+                print(f"{name:<32} {batch:>5} {threads:>3} {t['float'] * 1e3:>9.3f} {t['binary'] * 1e3:>10.3f} "
+                      f"{ratio:>8.1f}x", flush=True)
+    three = [r for r in rows if " 3x3 " in r[0]]
+    print(f"3x3 binary layers: speed-up min {min(r[3] for r in three):.1f}x, "
+          f"median {statistics.median(r[3] for r in three):.1f}x")
+    return rows
+
+
+def converted(name, recipe):
+    model = bnn.models.create_model(name, num_classes=1000, stem="imagenet")
+    chef = bnn.BinaryChef(recipe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(len(chef)):
+            model = chef.next(model)
+    model.eval()
+    return model, bnn.to_inference(model, torch.randn(1, 3, 224, 224))
+
+
+def bench_models(args):
+    import torchvision
+    recipe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "abbnn-pow2.yaml")
+    available = set(bnn.models.list_models())
+    pairs = [("abbnn_reactnet18", "resnet18"), ("abbnn_reactnet_a", "mobilenet_v2")]
+    print("\n== End to end, 224x224: converted binary model vs float torchvision model ==")
+    print(f"{'binary model':<20} {'float model':<14} {'thr':>3} {'latency b1 float/binary ms':>28} {'speed-up':>9} "
+          f"{'throughput b8 float/binary img/s':>34} {'speed-up':>9}")
+    for binary_name, float_name in pairs:
+        if binary_name not in available:
+            print(f"{binary_name}: not in bnn.models, skipped")
+            continue
+        fake, fast = converted(binary_name, recipe)
+        reference = torchvision.models.get_model(float_name, weights=None).eval()
+        with torch.no_grad():
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                x1, x8 = torch.randn(1, 3, 224, 224), torch.randn(8, 3, 224, 224)
+                t1 = median_times({"float": lambda: reference(x1), "binary": lambda: fast(x1)}, args.repeats)
+                t8 = median_times({"float": lambda: reference(x8), "binary": lambda: fast(x8)},
+                                  max(3, args.repeats // 3))
+                print(f"{binary_name:<20} {float_name:<14} {threads:>3} "
+                      f"{t1['float'] * 1e3:>13.1f} / {t1['binary'] * 1e3:<12.1f} {t1['float'] / t1['binary']:>8.1f}x "
+                      f"{8 / t8['float']:>16.1f} / {8 / t8['binary']:<15.1f} {t8['float'] / t8['binary']:>8.1f}x",
+                      flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.bnn")
+            fast.save(path)
+            size = os.path.getsize(path)
+        float_bytes = 4 * sum(p.numel() for p in fake.parameters())
+        print(f"{binary_name:<20} memory: packed file {size / 2**20:.2f} MiB, float32 parameters "
+              f"{float_bytes / 2**20:.2f} MiB: {float_bytes / size:.1f}x smaller", flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes for the per-layer table")
+    p.add_argument("--skip-layers", action="store_true")
+    p.add_argument("--skip-models", action="store_true")
+    args = p.parse_args(argv)
+    args.threads = [int(v) for v in args.threads.split(",")]
+    args.batches = [int(v) for v in args.batches.split(",")]
+    isa = kernels.kernel_isa()
+    print(f"bnn kernels: {kernels.ISA_NAMES.get(isa, 'unavailable (PyTorch reference)')}; torch {torch.__version__}; "
+          f"{os.cpu_count()} CPUs")
+    if not args.skip_layers:
+        bench_layers(args)
+    if not args.skip_models:
+        bench_models(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
