@@ -49,8 +49,10 @@ def distribution_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ in shape")
-    target = F.softmax(teacher_logits.detach().float(), dim=1)
-    return -(target * F.log_softmax(student_logits.float(), dim=1)).sum(dim=1).mean()
+    # at least float32 (half-precision logits lose too much in the softmax), never less than given
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    target = F.softmax(teacher_logits.detach().to(dtype), dim=1)
+    return -(target * F.log_softmax(student_logits.to(dtype), dim=1)).sum(dim=1).mean()
 
 
 class DistributionLoss(nn.Module):

@@ -82,6 +82,7 @@ class BinaryChef:
     # -- applying steps ------------------------------------------------------------------------
     def run_step(self, model: nn.Module, step: int) -> nn.Module:
         r"""Binarize ``model`` as step ``step`` (0-based) says and return it; does not advance the chef."""
+        _refuse_wrapped(model)
         if not 0 <= step < len(self):
             raise IndexError(f"{self.source} has {len(self)} step(s) (0 to {len(self) - 1}), asked for step {step}")
         spec = self.steps[step]
@@ -101,6 +102,7 @@ class BinaryChef:
         if self.current_step >= len(self):
             raise RuntimeError(f"{self.source}: all {len(self)} step(s) are done; there is no next step "
                                "(len(chef) tells how many there are)")
+        _refuse_wrapped(model)
         self._snapshot_if_needed(model)
         model = self.run_step(model, self.current_step)
         self.current_step += 1
@@ -145,7 +147,8 @@ class BinaryChef:
     def state_dict(self) -> Dict[str, Any]:
         """What resuming needs: the step reached and the weight snapshots later steps start from."""
         return {"current_step": self.current_step, "num_steps": len(self),
-                "step_names": [s.name for s in self.steps], "snapshots": copy.copy(self._snapshots)}
+                "step_names": [s.name for s in self.steps], "steps": [_binarization(s) for s in self.steps],
+                "snapshots": copy.copy(self._snapshots)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume at the step ``state`` was saved at; the recipe must have the same steps."""
@@ -153,11 +156,36 @@ class BinaryChef:
         if list(state.get("step_names", [])) != names:
             raise RecipeError(f"the saved chef state is for steps {state.get('step_names')}, this recipe has {names}",
                               self.source)
+        saved = state.get("steps")
+        if saved is not None:
+            for step, before in zip(self.steps, saved):
+                if before != _binarization(step):
+                    raise RecipeError("the saved chef state was taken with a recipe that binarizes this step "
+                                      f"differently: saved {before}, this recipe {_binarization(step)}",
+                                      self.source, step.name)
         current = int(state["current_step"])
         if not 0 <= current <= len(self):
             raise RecipeError(f"saved current_step {current} is outside 0..{len(self)}", self.source)
         self.current_step = current
         self._snapshots = dict(state.get("snapshots", {}))
+
+
+def _refuse_wrapped(model: nn.Module) -> None:
+    # A step builds new binarizer parameters (RSign biases, gains) that a wrapper made before the step has
+    # not registered: DistributedDataParallel would never all-reduce them and the ranks would drift apart.
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise TypeError("BinaryChef got a DistributedDataParallel: apply the step to the model inside and wrap "
+                        "it again, model = DistributedDataParallel(chef.next(ddp.module)), since the step creates "
+                        "parameters the existing wrapper would not synchronize")
+
+
+def _binarization(step: Step) -> str:
+    """What a step builds, as text (binarizers, arguments, selected layers, start): a resumed chef checks
+    that its recipe still builds the same thing, whatever the steps are called."""
+    def named(pairs):
+        return [(role, spec.name, spec.args) for role, spec in pairs]
+    layers = [(selector, None if partial is None else named(partial)) for selector, partial in step.layers]
+    return repr((named(step.binarizers), step.ignore_layer_names, layers, step.training.start_from))
 
 
 def _load_matching(model: nn.Module, snapshot: Mapping[str, torch.Tensor]) -> None:

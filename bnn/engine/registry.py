@@ -3,8 +3,10 @@ r"""Names a recipe may use, resolved through explicit tables: nothing in a recip
 Binarizers (for ``pre_activation``, ``post_activation``, ``weight``) are bnn's classes by their class
 name, plus short aliases in the style of larq; users add theirs with ``BinaryChef(..., user_modules=...)``.
 """
+import collections.abc
 import difflib
 import inspect
+import typing
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
 
 import torch.nn as nn
@@ -38,8 +40,13 @@ BINARIZERS.update({
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    """``"; did you mean 'x'?"`` for the closest choice, or an empty string. Case is compared last, so
+    that ``NAME`` (upstream 0.1.2's own recipe has it) still finds ``name``."""
+    choices = list(choices)
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if not close:
+        lowered = {str(c).lower(): c for c in choices}
+        close = [lowered[c] for c in difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)]
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -68,9 +75,22 @@ def constructor_parameters(cls: Callable) -> Optional[Dict[str, inspect.Paramete
     return {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def expected_type(param: inspect.Parameter) -> Any:
-    """The scalar type a recipe value must have for ``param``: from its annotation, else its default."""
+def settable_from_recipe(param: inspect.Parameter) -> bool:
+    """False for an argument that takes a function, a class or a module: a recipe is data and cannot give
+    one (a string there would only be called, or worse, later)."""
     ann = param.annotation
+    if callable(param.default) or typing.get_origin(ann) is collections.abc.Callable:
+        return False
+    return not (isinstance(ann, type) and (issubclass(ann, nn.Module) or ann is type))
+
+
+def expected_type(param: inspect.Parameter) -> Any:
+    """The scalar type a recipe value must have for ``param``: from its annotation (``Optional[X]`` is
+    ``X``), else its default."""
+    ann = param.annotation
+    if typing.get_origin(ann) is Union:
+        types = [a for a in typing.get_args(ann) if a is not type(None)]
+        ann = types[0] if len(types) == 1 else ann
     if ann in (bool, int, float, str):
         return ann
     default = param.default

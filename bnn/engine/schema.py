@@ -30,7 +30,7 @@ import yaml
 
 from ..bconfig import BConfig, BinarizerFactory
 from .errors import RecipeError
-from .registry import constructor_parameters, expected_type, suggest
+from .registry import constructor_parameters, expected_type, settable_from_recipe, suggest
 
 __all__ = ["BinarizerSpec", "TrainingSettings", "Step", "load_recipe", "parse_recipe", "OPTIMIZERS",
            "SCHEDULERS", "LOSSES"]
@@ -53,6 +53,12 @@ SCHEDULERS = {
 LOSSES = {
     "cross_entropy": {"label_smoothing": 0.0},
     "distillation": {"teacher": "", "ce_weight": 0.0, "label_smoothing": 0.0},
+}
+#: Optimizer arguments the chef sets itself, and where a recipe gives them instead.
+_SET_BY_CHEF = {
+    "params": "the chef passes the model's parameters",
+    "weight_decay": "write it as training.weight_decay (value, params, exclude), which keeps it off biases, "
+                    "norms, thresholds and gains",
 }
 
 
@@ -216,10 +222,18 @@ class _Parser:
         params = constructor_parameters(target)
         out = []
         for key, value in args.items():
-            if params is not None and (key not in params or key in skip):
+            if key in skip:
+                raise self.fail(f"{field}.{key}",
+                                f"{key!r} is not set here: {_SET_BY_CHEF.get(key, 'the chef sets it')}")
+            if params is not None and key not in params:
                 allowed = [p for p in params if p not in skip]
                 raise self.fail(f"{field}.{key}", f"{getattr(target, '__name__', target)} has no argument {key!r}"
                                                   f"{suggest(key, allowed)} (arguments: {', '.join(allowed)})")
+            if params is not None and not settable_from_recipe(params[key]):
+                raise self.fail(f"{field}.{key}", f"{getattr(target, '__name__', target)}'s argument {key!r} takes a "
+                                                  "function, class or module, which a recipe cannot give (nothing in "
+                                                  "a recipe is executed): register a binarizer that sets it with "
+                                                  "user_modules")
             expected = expected_type(params[key]) if params is not None else None
             default = params[key].default if params is not None else None
             out.append((key, self.value(value, expected, default, f"{field}.{key}")))
@@ -292,7 +306,7 @@ class _Parser:
                                 f"{suggest(opt['name'], OPTIMIZERS)} (known: {', '.join(OPTIMIZERS)})")
             kw["optimizer"] = opt["name"]
             kw["optimizer_args"] = self.arguments(OPTIMIZERS[opt["name"]], opt.get("args") or {},
-                                                  "training.optimizer.args", skip=("params", "weight_decay"))
+                                                  "training.optimizer.args", skip=tuple(_SET_BY_CHEF))
         if "weight_decay" in value:
             wd = value["weight_decay"]
             if not isinstance(wd, Mapping):
