@@ -90,8 +90,10 @@ class BinaryChef:
             model = prepare_binary_model(model, spec.bconfig(), custom_config_layers_name=spec.layer_configs(),
                                          ignore_layers_name=list(spec.ignore_layer_names),
                                          unmatched_patterns="warn")
-        except ValueError as e:
-            raise RecipeError(str(e), self.source, spec.name) from None
+        except (ValueError, TypeError) as e:
+            message = str(e).replace("ignore_layers_name:", "ignore_layer_names:").replace(
+                "custom_config_layers_name:", "layers:")
+            raise RecipeError(message, self.source, spec.name) from None
         start = spec.training.start_from
         if start != "previous" and start in self._snapshots:
             _load_matching(model, self._snapshots[start])

@@ -69,6 +69,8 @@ def build_registry(user_modules: Optional[Union[Iterable[type], Mapping[str, typ
 
 def constructor_parameters(cls: Callable) -> Optional[Dict[str, inspect.Parameter]]:
     """The keyword parameters of ``cls``'s constructor, or None when it takes ``**kwargs``."""
+    if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__init__ is nn.Module.__init__:
+        return {}  # no constructor of its own: it takes no arguments (nn.Module's *args would hide that)
     params = inspect.signature(cls).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return None

@@ -161,6 +161,9 @@ def parse_recipe(data: Any, registry: Mapping[str, type], source: str = "<dict>"
         raise RecipeError(f"a recipe is a mapping of steps (step name: settings), got {type(data).__name__}",
                           source)
     names = [str(n) for n in data]
+    for reserved in ("previous", "initial"):
+        if reserved in names:
+            raise RecipeError(f"a step cannot be called {reserved!r}: start_from uses that word", source, reserved)
     steps = []
     for index, (name, body) in enumerate(data.items()):
         steps.append(_Parser(source, str(name), names[:index], registry).step(index, body))
@@ -213,8 +216,12 @@ class _Parser:
             raise self.fail(f"{field}.name", f"unknown binarizer {name!r}{suggest(name, self.registry)}; "
                                              "known names: docs/recipes.md, or pass user_modules")
         cls = self.registry[name]
-        args = value.get("args") or {}
-        return BinarizerSpec(name, cls, self.arguments(cls, args, f"{field}.args"))
+        spec = BinarizerSpec(name, cls, self.arguments(cls, value.get("args") or {}, f"{field}.args"))
+        try:
+            spec.factory()()  # a value the constructor refuses (e.g. an unknown estimator) fails here, on load
+        except (ValueError, TypeError) as e:
+            raise self.fail(f"{field}.args" if spec.args else field, f"{name} refuses these arguments: {e}") from None
+        return spec
 
     def arguments(self, target: Any, args: Any, field: str, skip: Tuple[str, ...] = ()) -> Tuple[Tuple[str, Any], ...]:
         if not isinstance(args, Mapping):
@@ -228,7 +235,8 @@ class _Parser:
             if params is not None and key not in params:
                 allowed = [p for p in params if p not in skip]
                 raise self.fail(f"{field}.{key}", f"{getattr(target, '__name__', target)} has no argument {key!r}"
-                                                  f"{suggest(key, allowed)} (arguments: {', '.join(allowed)})")
+                                                  f"{suggest(key, allowed)} "
+                                                  f"({'arguments: ' + ', '.join(allowed) if allowed else 'it takes none'})")
             if params is not None and not settable_from_recipe(params[key]):
                 raise self.fail(f"{field}.{key}", f"{getattr(target, '__name__', target)}'s argument {key!r} takes a "
                                                   "function, class or module, which a recipe cannot give (nothing in "
@@ -275,9 +283,9 @@ class _Parser:
             return int(value)
         return float(value)
 
-    def selectors(self, value: Any, field: str) -> Tuple[str, ...]:
+    def selectors(self, value: Any, field: str, what: str = "layer names") -> Tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(field, f"expected a list of layer names or $regex$ patterns, got {value!r}")
+            raise self.fail(field, f"expected a list of {what} or $regex$ patterns, got {value!r}")
         return tuple(value)
 
     def layer_override(self, selector: Any, spec: Any):
@@ -317,7 +325,8 @@ class _Parser:
             if params not in ("weights", "all"):
                 raise self.fail("training.weight_decay.params", f"expected 'weights' or 'all', got {params!r}")
             kw["weight_decay_params"] = params
-            kw["weight_decay_exclude"] = self.selectors(wd.get("exclude", []), "training.weight_decay.exclude")
+            kw["weight_decay_exclude"] = self.selectors(wd.get("exclude", []), "training.weight_decay.exclude",
+                                                        "parameter names (e.g. fc.weight)")
         if "scheduler" in value:
             kw["scheduler"], kw["scheduler_args"] = self.named_table(value["scheduler"], "training.scheduler",
                                                                      SCHEDULERS)

@@ -65,7 +65,7 @@ def clipped_parameters(model: nn.Module, settings: TrainingSettings) -> List[tor
     all_names = [n for n, _ in model.named_modules()]
     excluded = set()
     for selector in settings.agc_exclude:
-        excluded.update(_resolve(selector, layer_names, all_names, "training.agc.exclude")[0])
+        excluded.update(_resolve(selector, layer_names, all_names, "training.agc.exclude", "warn")[0])
     return [p for name, p in model.named_parameters()
             if p.requires_grad and name.rpartition(".")[0] not in excluded
             and not any(name.startswith(e + ".") for e in excluded)]
