@@ -1,7 +1,7 @@
 r"""Training helpers the papers' recipes name: adaptive gradient clipping, the distribution (distillation)
 loss, and parameter groups for weight decay."""
 import re
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import torch
 import torch.nn as nn

@@ -14,7 +14,6 @@ conv becomes a function call that pthflops counts as 0); where FX cannot trace t
 on the leaf modules count instead (then functional additions are not seen: ``report.method == "hooks"``).
 """
 import math
-import operator
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union

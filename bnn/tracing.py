@@ -4,12 +4,12 @@ import torch.fx
 import torch.nn as nn
 
 from .layers.binarized import BinarizedLayer
-from .layers.blocks import LearnableBias, PowerOfTwoRPReLU, RPReLU
+from .layers.blocks import LearnableBias, PowerOfTwoRPReLU, RPReLU, ScaledStdConv2d
 
 __all__ = ["LeafTracer", "LEAF_TYPES"]
 
 #: bnn modules traced as leaves, besides torch.nn's own.
-LEAF_TYPES = (BinarizedLayer, LearnableBias, RPReLU, PowerOfTwoRPReLU)
+LEAF_TYPES = (BinarizedLayer, LearnableBias, RPReLU, PowerOfTwoRPReLU, ScaledStdConv2d)
 
 
 class LeafTracer(torch.fx.Tracer):

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..binarize import _resolve, swappable_layers
-from ..optim import adaptive_gradient_clip_, distribution_loss, weight_decay_groups
+from ..optim import distribution_loss, weight_decay_groups
 from .schema import OPTIMIZERS, TrainingSettings
 
 __all__ = ["build_optimizer", "build_scheduler", "clipped_parameters", "Criterion"]

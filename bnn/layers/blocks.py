@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 from ..ops.base import broadcast_shape
 from ..ops.functional import round_ste
+from ..ops.weight import ScaledStandardizedWeight
 
-__all__ = ["LearnableBias", "RPReLU", "PowerOfTwoRPReLU"]
+__all__ = ["LearnableBias", "RPReLU", "PowerOfTwoRPReLU", "ScaledStdConv2d"]
 
 
 def _per_channel(p: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -86,3 +87,21 @@ class PowerOfTwoRPReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.log2_slope.numel()}"
+
+
+class ScaledStdConv2d(nn.Conv2d):
+    r"""A real, bias-free convolution with scaled weight standardization, the normalizer-free nets' real
+    layer (``ScaledStdConv2d`` of the official code, after NF-Nets):
+    :math:`W' = \gamma_o N^{-1/2}(W - \mu_o)/(\sigma_o + 10^{-5})`, computed by
+    :class:`bnn.ops.ScaledStandardizedWeight` (``weight_pre_process``, which holds the gain).
+
+    An ``nn.Conv2d``, so the recipes' selectors count it (the stem is ``_first_``) and leave it as it is
+    when they keep it real; a recipe that binarizes it replaces it with a binary layer, whose weight
+    binarizer then decides the standardization."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        self.weight_pre_process = ScaledStandardizedWeight(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight_pre_process(self.weight), self.bias)

@@ -3,10 +3,8 @@ scaled-weight-standardized convolution of the normalizer-free models."""
 import math
 from typing import List, Sequence, Tuple
 
-import torch
 import torch.nn as nn
 
-from ..ops import ScaledStandardizedWeight
 
 #: Blocks per stage of the Bi-Real layout (one binary 3x3 conv per block) and the stage widths.
 RESNET_DEPTHS = {18: (4, 4, 4, 4), 34: (6, 8, 12, 6)}
@@ -45,24 +43,6 @@ def plain_conv(in_channels: int, out_channels: int, kernel_size: int, stride: in
                padding: int = 0) -> nn.Conv2d:
     r"""A bias-free ``nn.Conv2d``: the float form of every binary (and BN-followed) convolution."""
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
-
-
-class ScaledStdConv2d(nn.Conv2d):
-    r"""A real, bias-free convolution with scaled weight standardization, the normalizer-free nets' real
-    layer (``ScaledStdConv2d`` of the official code, after NF-Nets):
-    :math:`W' = \gamma_o N^{-1/2}(W - \mu_o)/(\sigma_o + 10^{-5})`, computed by
-    :class:`bnn.ops.ScaledStandardizedWeight` (``weight_pre_process``, which holds the gain).
-
-    An ``nn.Conv2d``, so the recipes' selectors count it (the stem is ``_first_``) and leave it as it is
-    when they keep it real; a recipe that binarizes it replaces it with a binary layer, whose weight
-    binarizer then decides the standardization."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
-        self.weight_pre_process = ScaledStandardizedWeight(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight_pre_process(self.weight), self.bias)
 
 
 def reactnet_a_betas(blocks: Sequence[Tuple[int, int, int]], alpha: float) -> List[Tuple[float, float]]:

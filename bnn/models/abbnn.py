@@ -25,8 +25,8 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 
-from ..layers import LearnableBias, PowerOfTwoRPReLU
-from ._common import (REACTNET_A_CHANNELS, RESNET_DEPTHS, RESNET_WIDTHS, ScaledStdConv2d, plain_conv,
+from ..layers import LearnableBias, PowerOfTwoRPReLU, ScaledStdConv2d
+from ._common import (REACTNET_A_CHANNELS, RESNET_DEPTHS, RESNET_WIDTHS, plain_conv,
                       reactnet_a_betas, reactnet_a_blocks, resnet_stem_conv, stem_stride)
 from .registry import register_model
 

@@ -16,8 +16,8 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from ..layers import LearnableBias, RPReLU
-from ._common import (REACTNET_A_CHANNELS, ScaledStdConv2d, plain_conv, reactnet_a_betas, reactnet_a_blocks,
+from ..layers import LearnableBias, RPReLU, ScaledStdConv2d
+from ._common import (REACTNET_A_CHANNELS, plain_conv, reactnet_a_betas, reactnet_a_blocks,
                       stem_stride)
 from .registry import register_model
 

@@ -67,10 +67,15 @@ def _check_layer(module, layer, role_spec, role):
 
 def _check_step(model, step):
     modules = dict(model.named_modules())
-    pre, weight = _binarizer(step["pre_activation"]), _binarizer(step["weight"])
-    post = _binarizer(step.get("post_activation"))
     for layer in PROBES:
         module = modules[layer]
+        # a partial override (layers: {selector: {role: ...}}) replaces the step's entries for that layer
+        entries = {role: step.get(role) for role in ("pre_activation", "weight", "post_activation")}
+        for selector, override in (step.get("layers") or {}).items():
+            if override is not None and _selects(selector, layer, "conv1", "fc"):
+                entries.update(override)
+        pre, weight = _binarizer(entries["pre_activation"]), _binarizer(entries["weight"])
+        post = _binarizer(entries["post_activation"])
         if _stays_real(step, layer):
             assert not isinstance(module, BinarizedLayer), f"{layer} should stay real"
             assert type(module) in (nn.Conv2d, nn.Linear)

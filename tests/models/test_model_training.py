@@ -34,8 +34,14 @@ def test_one_step_under_the_default_recipe(name, kwargs):
     layers = swappable_layers(model)
     assert layers[0][0] in ("conv1", "stem.conv") and layers[-1][0] == "fc"
     expected_real = {layers[0][0], layers[-1][0]}
-    if "$downsample$" in chef.step.layer_configs() and chef.step.layer_configs()["$downsample$"] is None:
-        expected_real |= {n for n, _ in layers if "downsample" in n}
+    shortcuts = {n: layer for n, layer in layers if "downsample" in n}
+    overrides = chef.step.layer_configs()
+    if "$downsample$" in overrides and overrides["$downsample$"] is None:
+        expected_real |= set(shortcuts)
+    elif "$downsample$" in overrides:
+        # A&B step 2, as the official code: binary weights on the real (pooled) input of the shortcut
+        assert all((layer.weight_precision, layer.activation_precision) == (1, 32) for layer in shortcuts.values())
+        expected_real |= set(shortcuts)
     assert {n for n, layer in layers if not is_binary(layer)} == expected_real
 
     model.train()
