@@ -76,8 +76,10 @@ def _module_counts(m: nn.Module, args, out) -> Dict[str, int]:
     elif isinstance(m, SignedRealLayer):
         macs = _conv_macs_signed(m, inp, out)
         c["float_macs"] += macs
-        c["multiplications"] += macs if m.threshold is None else 0
-        c["additions"] += macs if m.threshold is not None else 0  # ±1 inputs: add or subtract weights
+        # ±1 inputs (add or subtract the weights) or ±1 weights (add or subtract the inputs): no multiplication
+        signed = m.threshold is not None or bool(((m.weight == 1) | (m.weight == -1)).all())
+        c["multiplications"] += 0 if signed else macs
+        c["additions"] += macs if signed else 0
         if m.threshold is not None:
             c["comparisons"] += n_in
         _scale_counts(c, m.scale, n_out)
@@ -172,7 +174,9 @@ class _CensusInterpreter(torch.fx.Interpreter):
 
     def call_method(self, target, args, kwargs):
         out = super().call_method(target, args, kwargs)
-        counts = _function_counts(type("m", (), {"__name__": target}), args[1:] if args else (), out)
+        # counted by the method's name (a class named after it: the __name__ of a class is its own name, whatever
+        # its dict holds), with the tensor it is called on, args[0], included: x.mean((2, 3)) needs it
+        counts = _function_counts(type(target, (), {}), args, out)
         if counts:
             self.rows.append(LayerCensus(target, "method", dict(counts)))
         return out

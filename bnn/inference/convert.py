@@ -9,6 +9,7 @@ r"""``to_inference``: rewrite a trained fake-binarized model into an inference g
    residual additions, pooling, RPReLU, ...).
 Any binary layer the converter cannot handle raises an error naming the layer and the reason.
 """
+import collections
 import copy
 import operator
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -85,7 +86,8 @@ def _shape(node: torch.fx.Node) -> Tuple[int, ...]:
     return tuple(meta.shape)
 
 
-def _convert_layer(gm: torch.fx.GraphModule, node: torch.fx.Node, layer: BinarizedLayer) -> None:
+def _convert_layer(gm: torch.fx.GraphModule, node: torch.fx.Node, layer: BinarizedLayer,
+                   fold_chain: bool = True) -> None:
     name = node.target
     if getattr(layer, "padding_mode", "zeros") != "zeros":
         raise ConversionError(f"layer {name!r}: padding_mode={layer.padding_mode!r}; only zero padding converts")
@@ -103,7 +105,7 @@ def _convert_layer(gm: torch.fx.GraphModule, node: torch.fx.Node, layer: Binariz
     # the sign's input, and the per-channel operations that can fold into its compare
     source = node.args[0]
     chain: List[torch.fx.Node] = []
-    if abits == 1 and (post is None or isinstance(post, _POST_WITHOUT_INPUT)):
+    if fold_chain and abits == 1 and (post is None or isinstance(post, _POST_WITHOUT_INPUT)):
         while isinstance(source, torch.fx.Node) and _foldable(gm, source):
             chain.insert(0, source)
             source = _tensor_input(source)
@@ -111,18 +113,28 @@ def _convert_layer(gm: torch.fx.GraphModule, node: torch.fx.Node, layer: Binariz
     thresholds = None
     if abits == 1:
         binarizer = layer.activation_pre_process
-        fold = _replay(gm, chain)
         channels = layer.in_features if linear else layer.in_channels
-        shape = _shape(source)
 
-        def positive(x: torch.Tensor) -> torch.Tensor:
-            y = binarizer(fold(x))
-            if not bool(((y == 1) | (y == -1)).all()):
-                raise ConversionError(f"layer {name!r}: its activation binarizer {type(binarizer).__name__} "
-                                      "does not output exactly +-1 in eval mode")
-            return y > 0
+        def derive(chain: List[torch.fx.Node], source: torch.fx.Node):
+            fold = _replay(gm, chain)
+
+            def positive(x: torch.Tensor) -> torch.Tensor:
+                y = binarizer(fold(x))
+                if not bool(((y == 1) | (y == -1)).all()):
+                    raise ConversionError(f"layer {name!r}: its activation binarizer {type(binarizer).__name__} "
+                                          "does not output exactly +-1 in eval mode")
+                return y > 0
+            return derive_thresholds(positive, channels, _shape(source), channel_dim)
         try:
-            thresholds = derive_thresholds(positive, channels, shape, channel_dim)
+            try:
+                thresholds = derive(chain, source)
+            except (ValueError, RuntimeError):
+                if not chain:
+                    raise
+                # the operations before the layer do not fold into per-channel compares on its channel axis
+                # (e.g. a BatchNorm1d over (N, C, L) before a linear layer on L): keep them, fold nothing
+                chain, source = [], node.args[0]
+                thresholds = derive(chain, source)
         except ConversionError:
             raise
         except (ValueError, RuntimeError) as e:
@@ -192,11 +204,14 @@ def to_inference(model: nn.Module, example_inputs: Inputs) -> "InferenceModel":
     except Exception as e:
         raise ConversionError(f"torch.fx cannot trace {type(model).__name__}: {e}") from None
     gm = torch.fx.GraphModule(model, graph)
+    # a layer called at several places has one set of thresholds: fold nothing into it (its call sites may
+    # have different operations before them)
+    calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     with torch.no_grad():
         ShapeProp(gm).propagate(*inputs)
         for node in list(gm.graph.nodes):
             if node.op == "call_module" and isinstance(gm.get_submodule(node.target), BinarizedLayer):
-                _convert_layer(gm, node, gm.get_submodule(node.target))
+                _convert_layer(gm, node, gm.get_submodule(node.target), fold_chain=calls[node.target] == 1)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()

@@ -111,4 +111,6 @@ def binary_conv2d_reference(bits: torch.Tensor, w_bits: torch.Tensor, kernel_siz
         n_valid = popcount(v_words).unsqueeze(-1)                            # (L, 1)
         outs.append(n_valid - 2 * popcount(diff))                             # (N, L, C_out/g)
     out = torch.cat(outs, dim=-1)                                            # (N, L, C_out)
-    return out.transpose(1, 2).reshape(n, c_out, h_out, w_out)
+    # contiguous (N, C, H, W), as F.conv2d returns it: float ops downstream (a mean over channels, a real
+    # conv) may reduce in another order on a channels-last layout and differ from the fake model in the last bit
+    return out.transpose(1, 2).reshape(n, c_out, h_out, w_out).contiguous()

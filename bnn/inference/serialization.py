@@ -5,6 +5,8 @@ The file is a ``torch.save`` archive holding only tensors and plain data (read b
 node, functions and classes by name from fixed allow-lists, and each module's plain attributes and
 tensors; binary weights are the packed int64 words, 1 bit per weight.
 """
+import keyword
+import math
 import operator
 import os
 from typing import Any, Dict
@@ -19,6 +21,7 @@ from ..io import atomic_save
 from ..ops import base as _ops_base
 from ..ops import scale as _ops_scale
 from . import modules as _modules
+from .packing import pack_bits, unpack_bits
 
 __all__ = ["save_inference", "load_inference", "FORMAT", "VERSION"]
 
@@ -47,6 +50,40 @@ METHODS = {"view", "reshape", "flatten", "size", "mean", "sum", "add", "mul", "s
            "permute", "transpose", "contiguous", "relu", "roll", "expand", "unsqueeze", "squeeze", "clone",
            "add_", "mul_", "__getitem__"}
 _PLAIN = (int, float, bool, str, type(None))
+_OPS = {"placeholder", "get_attr", "call_function", "call_method", "call_module", "output"}
+
+
+def _identifier(name: Any) -> bool:
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _path(target: Any) -> bool:
+    """A module or attribute path: names joined by dots. torch.fx writes a name that is not an identifier
+    (``nn.Sequential``'s ``0``, regnet's ``block1-0``) as ``getattr(self, "<name>")`` into its source, so a
+    name must not be able to end that string."""
+    return isinstance(target, str) and all(
+        p and p.isprintable() and not any(ch in p for ch in "\"'\\") for p in target.split("."))
+
+
+def _check_node(spec: Dict[str, Any], args: Any, kwargs: Any) -> None:
+    r"""Refuse what torch.fx would paste into the Python source it generates and ``exec``\ s: placeholder
+    names (a default value there runs as soon as the graph is compiled), attribute and module paths,
+    keyword names; and ``getattr`` of private attributes (a way to reach arbitrary objects)."""
+    op, target, name = spec["op"], spec["target"], spec["name"]
+    if op not in _OPS:
+        raise ValueError(f"node op {op!r} is not allowed")
+    if not _identifier(name):
+        raise ValueError(f"node name {name!r} is not an identifier")
+    if op == "placeholder" and not (isinstance(target, str) and _identifier(target.lstrip("*"))):
+        raise ValueError(f"input name {target!r} is not an identifier")
+    if op in ("get_attr", "call_module") and not _path(target):
+        raise ValueError(f"{op} target {target!r} is not a module or attribute path")
+    if not isinstance(kwargs, dict) or not all(_identifier(k) for k in kwargs):
+        raise ValueError(f"node {name!r}: keyword argument names must be identifiers")
+    if op == "call_function" and target == _qualname(getattr):
+        attr = args[1] if isinstance(args, (tuple, list)) and len(args) > 1 else None
+        if not isinstance(attr, str) or attr.startswith("_"):
+            raise ValueError(f"node {name!r}: getattr of {attr!r} is not allowed")
 
 
 def _qualname(obj: Any) -> str:
@@ -88,7 +125,10 @@ def _decode(value: Any, nodes: Dict[str, torch.fx.Node]) -> Any:
         if "ellipsis" in value:
             return Ellipsis
         if "dtype" in value:
-            return getattr(torch, value["dtype"])
+            dtype = getattr(torch, value["dtype"], None) if isinstance(value["dtype"], str) else None
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"{value['dtype']!r} is not a torch dtype")
+            return dtype
     return value
 
 
@@ -108,12 +148,21 @@ def _encode_module(module: nn.Module, where: str) -> Dict[str, Any]:
         raise ValueError(f"cannot save module {where!r} of type {name}: the inference format stores only "
                          f"{', '.join(sorted(c.__name__ for c in _MODULE_CLASSES))}")
     attrs = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _plain(v)}
+    buffers = {k: v for k, v in module._buffers.items() if v is not None}
+    signs = {}
+    w = buffers.get("weight")
+    if isinstance(module, _modules.SignedRealLayer) and w.is_floating_point() and bool(((w == 1) | (w == -1)).all()):
+        # a layer binarized on its weights only keeps ±1 weights: 1 bit each in the file, as the packed layers
+        del buffers["weight"]
+        signs["weight"] = {"bits": pack_bits(w.reshape(-1) > 0), "shape": list(w.shape),
+                           "dtype": str(w.dtype).replace("torch.", "")}
     return {
         "type": name,
         "attrs": attrs,
         "training": module.training,
         "parameters": {k: v.detach() for k, v in module._parameters.items() if v is not None},
-        "buffers": {k: v for k, v in module._buffers.items() if v is not None},
+        "buffers": buffers,
+        "signs": signs,
         "none_tensors": [k for k, v in {**module._parameters, **module._buffers}.items() if v is None],
         "children": {k: _encode_module(v, f"{where}.{k}" if where else k)
                      for k, v in module._modules.items() if v is not None},
@@ -127,15 +176,23 @@ def _decode_module(data: Dict[str, Any]) -> nn.Module:
     module = cls.__new__(cls)
     nn.Module.__init__(module)
     for k, v in data["attrs"].items():
+        if not _identifier(k) or k.startswith("_"):
+            raise ValueError(f"module attribute name {k!r} is not allowed")
         setattr(module, k, v)
     module.training = data["training"]
     for k, v in data["parameters"].items():
         module._parameters[k] = nn.Parameter(v, requires_grad=False)
     for k, v in data["buffers"].items():
         module._buffers[k] = v
+    for k, v in data.get("signs", {}).items():
+        shape, dtype = [int(d) for d in v["shape"]], _decode({"dtype": v["dtype"]}, {})
+        bits = unpack_bits(v["bits"], math.prod(shape)).view(shape)
+        module._buffers[k] = torch.where(bits, 1.0, -1.0).to(dtype)
     for k in data["none_tensors"]:
         setattr(module, k, None) if k in module._parameters else module.register_buffer(k, None)
     for k, child in data["children"].items():
+        if not _path(k) or "." in k:
+            raise ValueError(f"submodule name {k!r} is not allowed")
         module._modules[k] = _decode_module(child)
     if isinstance(module, (nn.modules.conv._ConvNd,)):
         module._reversed_padding_repeated_twice = [p for p in reversed(module.padding) for _ in range(2)] \
@@ -199,8 +256,12 @@ def load_inference(path) -> "InferenceModel":
     try:
         root = nn.Module()
         for name, m in data["modules"].items():
+            if not _path(name) or "." in name:
+                raise ValueError(f"module name {name!r} is not allowed")
             root.add_module(name, _decode_module(m))
         for target, value in data["attributes"].items():
+            if not _path(target):
+                raise ValueError(f"attribute path {target!r} is not allowed")
             owner = root
             *parents, leaf = target.split(".")
             for p in parents:
@@ -218,6 +279,7 @@ def load_inference(path) -> "InferenceModel":
                 raise ValueError(f"method {target!r} is not allowed")
             args = _decode(spec["args"], nodes)
             kwargs = _decode(spec["kwargs"], nodes)
+            _check_node(spec, args, kwargs)
             if op == "output":
                 nodes[spec["name"]] = graph.output(args[0])
                 continue
@@ -225,6 +287,6 @@ def load_inference(path) -> "InferenceModel":
                                      name=spec["name"])
             nodes[spec["name"]] = node
         gm = torch.fx.GraphModule(root, graph)
-    except (KeyError, TypeError, AttributeError, IndexError) as e:
+    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError, AssertionError, SyntaxError) as e:
         raise ValueError(f"{path}: malformed bnn inference file ({type(e).__name__}: {e})") from None
     return InferenceModel(gm)
