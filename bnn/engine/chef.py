@@ -1,5 +1,6 @@
 r"""BinaryChef: runs a multi-step binarization recipe inside the user's own training loop."""
 import copy
+from collections import OrderedDict
 import os
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Union
@@ -193,7 +194,9 @@ def _binarization(step: Step) -> str:
 def _load_matching(model: nn.Module, snapshot: Mapping[str, torch.Tensor]) -> None:
     """Load the entries of ``snapshot`` whose name and shape the model still has."""
     own = model.state_dict()
-    matching = {k: v for k, v in snapshot.items() if k in own and own[k].shape == v.shape}
+    matching = OrderedDict((k, v) for k, v in snapshot.items() if k in own and own[k].shape == v.shape)
+    # the model's own module versions: BatchNorm (e.g. torchvision's mnasnet) refuses a dict without them
+    matching._metadata = getattr(own, "_metadata", None)
     skipped = len(snapshot) - len(matching)
     if skipped:
         warnings.warn(f"start_from: {skipped} saved tensor(s) no longer fit the model and were not restored",
