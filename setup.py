@@ -13,9 +13,12 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.9",
-    packages=find_packages(include=["bnn", "bnn.*"]),
+    # the top-level recipes/ folder ships inside the package as bnn/recipes (bnn.engine.shipped finds it
+    # there in an installed wheel, and at <checkout>/recipes in a source checkout or editable install)
+    packages=find_packages(include=["bnn", "bnn.*"]) + ["bnn.recipes"],
+    package_dir={"bnn.recipes": "recipes"},
     include_package_data=True,
-    package_data={"bnn.inference": ["csrc/*.cpp"]},
+    package_data={"bnn.inference": ["csrc/*.cpp"], "bnn.recipes": ["*.yaml"]},
     install_requires=["torch>=2.1", "pyyaml>=5.1", "pthflops>=0.4", "packaging", "ninja"],
     extras_require={
         "vision": vision,
