@@ -57,8 +57,8 @@ def _tensor_input(node: torch.fx.Node) -> Optional[torch.fx.Node]:
 
 
 def _foldable(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
-    if len(node.users) != 1:
-        return False
+    # Other users of the node do not matter: folding replays the node into this layer's thresholds and
+    # leaves it in the graph for them (it is removed only when no user is left).
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and not module.track_running_stats:

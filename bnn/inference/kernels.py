@@ -43,6 +43,10 @@ def _ninja_on_path() -> None:
 
 
 def _build():
+    import logging
+    # torch logs "No CUDA runtime is found" when a CUDA build of torch imports cpp_extension on a CPU-only
+    # machine: irrelevant to a CPU extension.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
     _ninja_on_path()
     kwargs = dict(sources=[_SOURCE], extra_cflags=["-O3", "-ffp-contract=off"], verbose=False)

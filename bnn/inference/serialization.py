@@ -20,6 +20,7 @@ from .. import layers as _layers
 from ..io import atomic_save
 from ..ops import base as _ops_base
 from ..ops import scale as _ops_scale
+from ..ops import weight as _ops_weight
 from . import modules as _modules
 from .packing import pack_bits, unpack_bits
 
@@ -31,7 +32,8 @@ VERSION = 1
 _MODULE_CLASSES = [
     _modules.PackedBinaryConv2d, _modules.PackedBinaryLinear, _modules.SignedRealLayer,
     _layers.LearnableBias, _layers.RPReLU, _layers.PowerOfTwoRPReLU, _ops_base.Identity,
-    _ops_scale.BasicScaleBinarizer, _ops_scale.XNORScaleBinarizer,
+    _ops_scale.BasicScaleBinarizer, _ops_scale.XNORScaleBinarizer, _layers.ScaledStdConv2d,
+    _ops_weight.ScaledStandardizedWeight,
     nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.PReLU, nn.Hardtanh,
     nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Hardswish, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.Module, nn.Sequential, nn.LayerNorm, nn.Softmax,
