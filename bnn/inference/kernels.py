@@ -49,7 +49,10 @@ def _build():
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
     _ninja_on_path()
-    kwargs = dict(sources=[_SOURCE], extra_cflags=["-O3", "-ffp-contract=off"], verbose=False)
+    # -fopenmp: ATen's parallel_for is OpenMP in torch's builds; without it the kernels run on one thread.
+    # The library links to libgomp.so.1, which resolves to the copy torch has loaded already.
+    kwargs = dict(sources=[_SOURCE], extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp"],
+                  extra_ldflags=["-fopenmp"], verbose=False)
     try:
         return cpp_extension.load(name=_NAME, **kwargs)
     except (ImportError, OSError):

@@ -42,12 +42,18 @@ inline int64_t valid_taps(const ConvShape& s, int64_t n, int64_t oh, int64_t ow,
   return count;
 }
 
-inline void epilogue(const ConvShape& s, float* out, int64_t n, int64_t co, int64_t oh, int64_t ow,
-                     int64_t dot, const float* scale, const float* bias) {
+// Scale and bias of one output value, rounded like the torch ops it replaces (multiply, then add).
+inline float epilogue_value(int64_t dot, int64_t co, const float* scale, const float* bias) {
   float v = static_cast<float>(dot);
   if (scale) v = v * scale[co];
   if (bias) v = v + bias[co];
-  out[((n * s.cout + co) * s.ho + oh) * s.wo + ow] = v;
+  return v;
+}
+
+// Output channels are computed a block at a time for a whole output row, then each channel's row is
+// written contiguously (a channel-strided write per value would miss the cache at every value).
+inline float* out_row(const ConvShape& s, float* out, int64_t n, int64_t co, int64_t oh) {
+  return out + ((n * s.cout + co) * s.ho + oh) * s.wo;
 }
 
 void conv_portable(const ConvShape& s, const uint64_t* in, const uint64_t* wt, const float* scale,
@@ -55,8 +61,8 @@ void conv_portable(const ConvShape& s, const uint64_t* in, const uint64_t* wt, c
   std::vector<int64_t> acc(s.cob), in_off(s.kh * s.kw), w_off(s.kh * s.kw);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / s.ho, oh = row % s.ho;
-    for (int64_t ow = 0; ow < s.wo; ++ow) {
-      for (int64_t g = 0; g < s.groups; ++g) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      for (int64_t ow = 0; ow < s.wo; ++ow) {
         std::fill(acc.begin(), acc.end(), 0);
         const int64_t taps = valid_taps(s, n, oh, ow, g, in_off.data(), w_off.data());
         for (int64_t t = 0; t < taps; ++t) {
@@ -65,8 +71,10 @@ void conv_portable(const ConvShape& s, const uint64_t* in, const uint64_t* wt, c
           for (int64_t k = 0; k < s.wg; ++k)
             for (int64_t c = 0; c < s.cout_g; ++c) acc[c] += popcount_portable(a[k] ^ w[k * s.cob + c]);
         }
-        for (int64_t c = 0; c < s.cout_g; ++c)
-          epilogue(s, out, n, g * s.cout_g + c, oh, ow, taps * s.cin_g - 2 * acc[c], scale, bias);
+        for (int64_t c = 0; c < s.cout_g; ++c) {
+          const int64_t co = g * s.cout_g + c;
+          out_row(s, out, n, co, oh)[ow] = epilogue_value(taps * s.cin_g - 2 * acc[c], co, scale, bias);
+        }
       }
     }
   }
@@ -85,21 +93,23 @@ inline __m256i popcount_avx2(__m256i v) {
 
 // The SIMD paths block output channels: 4 vectors of accumulators (16 or 32 output channels) stay in
 // registers over all taps and words of one output pixel, then a tail of single vectors.
+// The SIMD paths block output channels: 4 vectors of accumulators (16 or 32 output channels) stay in
+// registers over all taps and words of one output pixel; a block is computed for a whole output row
+// into a small tile, then written out channel by channel.
 #define BNN_CONV_SIMD(NAME, TARGET, VEC, LANES, ZERO, SET1, LOADU, XOR, POPCNT, ADD, STORE)                 \
   __attribute__((target(TARGET)))                                                                          \
   void NAME(const ConvShape& s, const uint64_t* in, const uint64_t* wt, const float* scale,                \
             const float* bias, float* out, int64_t row_begin, int64_t row_end) {                           \
-    std::vector<int64_t> in_off(s.kh * s.kw), w_off(s.kh * s.kw);                                         \
+    std::vector<int64_t> in_off(s.kh * s.kw), w_off(s.kh * s.kw), dots(4 * LANES * s.wo);                 \
     alignas(64) int64_t lanes[4 * LANES];                                                                 \
     const int64_t blocks = s.cob / LANES;                                                                 \
     for (int64_t row = row_begin; row < row_end; ++row) {                                                 \
       const int64_t n = row / s.ho, oh = row % s.ho;                                                      \
-      for (int64_t ow = 0; ow < s.wo; ++ow) {                                                             \
-        for (int64_t g = 0; g < s.groups; ++g) {                                                          \
-          const int64_t taps = valid_taps(s, n, oh, ow, g, in_off.data(), w_off.data());                 \
-          int64_t b = 0;                                                                                  \
-          for (; b < blocks; b += 4) {                                                                    \
-            const int64_t nb = blocks - b < 4 ? blocks - b : 4;                                           \
+      for (int64_t g = 0; g < s.groups; ++g) {                                                            \
+        for (int64_t b = 0; b < blocks; b += 4) {                                                         \
+          const int64_t nb = blocks - b < 4 ? blocks - b : 4;                                             \
+          for (int64_t ow = 0; ow < s.wo; ++ow) {                                                         \
+            const int64_t taps = valid_taps(s, n, oh, ow, g, in_off.data(), w_off.data());               \
             VEC a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO();                                       \
             for (int64_t t = 0; t < taps; ++t) {                                                          \
               const uint64_t* a = in + in_off[t];                                                         \
@@ -117,9 +127,14 @@ inline __m256i popcount_avx2(__m256i v) {
             STORE(lanes + LANES, a1);                                                                     \
             STORE(lanes + 2 * LANES, a2);                                                                 \
             STORE(lanes + 3 * LANES, a3);                                                                 \
-            for (int64_t l = 0; l < nb * LANES && b * LANES + l < s.cout_g; ++l)                          \
-              epilogue(s, out, n, g * s.cout_g + b * LANES + l, oh, ow, taps * s.cin_g - 2 * lanes[l],   \
-                       scale, bias);                                                                      \
+            const int64_t n_valid = taps * s.cin_g;                                                       \
+            for (int64_t l = 0; l < nb * LANES; ++l) dots[l * s.wo + ow] = n_valid - 2 * lanes[l];        \
+          }                                                                                               \
+          for (int64_t l = 0; l < nb * LANES && b * LANES + l < s.cout_g; ++l) {                          \
+            const int64_t co = g * s.cout_g + b * LANES + l;                                              \
+            float* dst = out_row(s, out, n, co, oh);                                                      \
+            const int64_t* src = dots.data() + l * s.wo;                                                  \
+            for (int64_t ow = 0; ow < s.wo; ++ow) dst[ow] = epilogue_value(src[ow], co, scale, bias);     \
           }                                                                                               \
         }                                                                                                 \
       }                                                                                                   \
@@ -170,18 +185,30 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
   auto dir_t = direction.contiguous();
   const int8_t* dp = dir_t.data_ptr<int8_t>();
   uint64_t* out = reinterpret_cast<uint64_t*>(words.data_ptr<int64_t>());
-  at::parallel_for(0, n * pixels, 1024, [&](int64_t begin, int64_t end) {
-    for (int64_t ch = 0; ch < c; ++ch) {
-      const float t = tp[ch];
-      const int8_t d = dp[ch];
-      const int64_t g = ch / cg, local = ch % cg, word = local / 64;
-      const uint64_t bit = uint64_t(1) << (local % 64);
-      for (int64_t q = begin; q < end; ++q) {
-        const int64_t img = q / pixels, p = q % pixels;
-        const float v = xp[(img * c + ch) * pixels + p];
-        const bool on = d > 0 ? v >= t : (d < 0 ? v <= t : t > 0);
-        if (on) out[(q * groups + g) * wg + word] |= bit;
+  constexpr int64_t kBlock = 16;
+  const int64_t pixel_blocks = (pixels + kBlock - 1) / kBlock;
+  // one task = one image, one word of 64 channels, 16 pixels: reads 16 contiguous floats per channel,
+  // sets the channel's bit in 16 words without a branch (the compiler vectorizes the inner loops)
+  at::parallel_for(0, n * groups * wg * pixel_blocks, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t pb = task % pixel_blocks, word_index = task / pixel_blocks;
+      const int64_t w = word_index % wg, g = (word_index / wg) % groups, img = word_index / (wg * groups);
+      const int64_t p0 = pb * kBlock, np = std::min(kBlock, pixels - p0);
+      const int64_t c_begin = g * cg + w * 64, nc = std::min<int64_t>(64, cg - w * 64);
+      uint64_t acc[kBlock] = {0};
+      for (int64_t bit = 0; bit < nc; ++bit) {
+        const float* src = xp + (img * c + c_begin + bit) * pixels + p0;
+        const float t = tp[c_begin + bit];
+        const int8_t d = dp[c_begin + bit];
+        if (d > 0) {
+          for (int64_t j = 0; j < np; ++j) acc[j] |= static_cast<uint64_t>(src[j] >= t) << bit;
+        } else if (d < 0) {
+          for (int64_t j = 0; j < np; ++j) acc[j] |= static_cast<uint64_t>(src[j] <= t) << bit;
+        } else if (t > 0) {
+          for (int64_t j = 0; j < np; ++j) acc[j] |= uint64_t(1) << bit;
+        }
       }
+      for (int64_t j = 0; j < np; ++j) out[((img * pixels + p0 + j) * groups + g) * wg + w] = acc[j];
     }
   });
   return words;
