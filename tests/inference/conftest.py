@@ -1,19 +1,10 @@
-"""Fixtures of the inference-converter tests: one intra-op thread per test (two busy cores), resnet18 under
-a recipe built once per session."""
+"""Fixtures of the inference-converter tests: resnet18 under a recipe, built once per session (the thread
+setting is tests/conftest.py's)."""
 import copy
 
 import pytest
-import torch
 
 from inference_helpers import REPO, resnet18_under
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 _CACHE = {}
