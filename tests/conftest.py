@@ -4,6 +4,7 @@ times slower than one. Tests that measure thread counts set their own."""
 import pytest
 import torch
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     before = torch.get_num_threads()
