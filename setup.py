@@ -23,7 +23,7 @@ setup(
     extras_require={
         "vision": vision,
         "examples": vision + ["scikit-learn>=1.0", "tqdm", "matplotlib"],
-        "test": vision + ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0"],
+        "test": vision + ["pytest>=7", "hypothesis>=6", "scikit-learn>=1.0", "matplotlib", "tqdm"],
     },
     entry_points={"console_scripts": ["bnn = bnn.cli:main"]},
     classifiers=[
