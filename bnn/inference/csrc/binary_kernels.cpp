@@ -96,24 +96,33 @@ inline __m256i popcount_avx2(__m256i v) {
 // The SIMD paths block output channels: 4 vectors of accumulators (16 or 32 output channels) stay in
 // registers over all taps and words of one output pixel; a block is computed for a whole output row
 // into a small tile, then written out channel by channel.
+// The SIMD paths block output channels: 4 vectors of accumulators (16 or 32 output channels) stay in
+// registers over all taps and words of one output pixel. The taps of a whole output row are found once;
+// a block is computed for the whole row into a small int32 tile, then the epilogue runs over each
+// channel's row (a contiguous, vectorizable loop) and writes it out.
 #define BNN_CONV_SIMD(NAME, TARGET, VEC, LANES, ZERO, SET1, LOADU, XOR, POPCNT, ADD, STORE)                 \
   __attribute__((target(TARGET)))                                                                          \
   void NAME(const ConvShape& s, const uint64_t* in, const uint64_t* wt, const float* scale,                \
             const float* bias, float* out, int64_t row_begin, int64_t row_end) {                           \
-    std::vector<int64_t> in_off(s.kh * s.kw), w_off(s.kh * s.kw), dots(4 * LANES * s.wo);                 \
+    const int64_t ktaps = s.kh * s.kw;                                                                    \
+    std::vector<int64_t> in_off(s.wo * ktaps), w_off(s.wo * ktaps), taps(s.wo);                           \
+    std::vector<int32_t> dots(4 * LANES * s.wo);                                                          \
     alignas(64) int64_t lanes[4 * LANES];                                                                 \
     const int64_t blocks = s.cob / LANES;                                                                 \
     for (int64_t row = row_begin; row < row_end; ++row) {                                                 \
       const int64_t n = row / s.ho, oh = row % s.ho;                                                      \
       for (int64_t g = 0; g < s.groups; ++g) {                                                            \
+        for (int64_t ow = 0; ow < s.wo; ++ow)                                                             \
+          taps[ow] = valid_taps(s, n, oh, ow, g, &in_off[ow * ktaps], &w_off[ow * ktaps]);                \
         for (int64_t b = 0; b < blocks; b += 4) {                                                         \
           const int64_t nb = blocks - b < 4 ? blocks - b : 4;                                             \
           for (int64_t ow = 0; ow < s.wo; ++ow) {                                                         \
-            const int64_t taps = valid_taps(s, n, oh, ow, g, in_off.data(), w_off.data());               \
+            const int64_t* io = &in_off[ow * ktaps];                                                      \
+            const int64_t* wo_ = &w_off[ow * ktaps];                                                      \
             VEC a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO();                                       \
-            for (int64_t t = 0; t < taps; ++t) {                                                          \
-              const uint64_t* a = in + in_off[t];                                                         \
-              const uint64_t* w = wt + w_off[t] + b * LANES;                                              \
+            for (int64_t t = 0; t < taps[ow]; ++t) {                                                      \
+              const uint64_t* a = in + io[t];                                                             \
+              const uint64_t* w = wt + wo_[t] + b * LANES;                                                \
               for (int64_t k = 0; k < s.wg; ++k) {                                                        \
                 const VEC x = SET1(static_cast<long long>(a[k]));                                         \
                 const uint64_t* wk = w + k * s.cob;                                                       \
@@ -127,17 +136,36 @@ inline __m256i popcount_avx2(__m256i v) {
             STORE(lanes + LANES, a1);                                                                     \
             STORE(lanes + 2 * LANES, a2);                                                                 \
             STORE(lanes + 3 * LANES, a3);                                                                 \
-            const int64_t n_valid = taps * s.cin_g;                                                       \
-            for (int64_t l = 0; l < nb * LANES; ++l) dots[l * s.wo + ow] = n_valid - 2 * lanes[l];        \
+            const int64_t n_valid = taps[ow] * s.cin_g;                                                   \
+            for (int64_t l = 0; l < nb * LANES; ++l)                                                      \
+              dots[l * s.wo + ow] = static_cast<int32_t>(n_valid - 2 * lanes[l]);                          \
           }                                                                                               \
           for (int64_t l = 0; l < nb * LANES && b * LANES + l < s.cout_g; ++l) {                          \
             const int64_t co = g * s.cout_g + b * LANES + l;                                              \
-            float* dst = out_row(s, out, n, co, oh);                                                      \
-            const int64_t* src = dots.data() + l * s.wo;                                                  \
-            for (int64_t ow = 0; ow < s.wo; ++ow) dst[ow] = epilogue_value(src[ow], co, scale, bias);     \
+            write_row(out_row(s, out, n, co, oh), dots.data() + l * s.wo, s.wo, co, scale, bias);         \
           }                                                                                               \
         }                                                                                                 \
       }                                                                                                   \
+    }                                                                                                     \
+  }
+
+// The epilogue over one output row: float(dot) (* scale) (+ bias), each variant its own loop so that it
+// vectorizes, and rounds exactly as the torch ops it replaces (no fused multiply-add: -ffp-contract=off).
+#define BNN_WRITE_ROW(NAME, TARGET)                                                                        \
+  __attribute__((target(TARGET)))                                                                          \
+  inline void NAME(float* dst, const int32_t* src, int64_t n, int64_t co, const float* scale,              \
+                   const float* bias) {                                                                    \
+    if (scale && bias) {                                                                                  \
+      const float sv = scale[co], bv = bias[co];                                                          \
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]) * sv + bv;                      \
+    } else if (scale) {                                                                                   \
+      const float sv = scale[co];                                                                         \
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]) * sv;                           \
+    } else if (bias) {                                                                                    \
+      const float bv = bias[co];                                                                          \
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]) + bv;                           \
+    } else {                                                                                              \
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);                                \
     }                                                                                                     \
   }
 
@@ -154,10 +182,16 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) inline void avx512_store(int6
   _mm512_store_si512(p, v);
 }
 
+BNN_WRITE_ROW(write_row_avx2, "avx2,popcnt")
+BNN_WRITE_ROW(write_row_avx512, "avx512f,avx512vpopcntdq")
+#define write_row write_row_avx2
 BNN_CONV_SIMD(conv_avx2, "avx2,popcnt", __m256i, 4, _mm256_setzero_si256, _mm256_set1_epi64x, avx2_loadu,
               _mm256_xor_si256, popcount_avx2, _mm256_add_epi64, avx2_store)
+#undef write_row
+#define write_row write_row_avx512
 BNN_CONV_SIMD(conv_avx512, "avx512f,avx512vpopcntdq", __m512i, 8, _mm512_setzero_si512, _mm512_set1_epi64,
               avx512_loadu, _mm512_xor_si512, _mm512_popcnt_epi64, _mm512_add_epi64, avx512_store)
+#undef write_row
 
 enum class Isa { portable = 0, avx2 = 1, avx512 = 2 };
 
