@@ -12,14 +12,15 @@ Any binary layer the converter cannot handle raises an error naming the layer an
 import collections
 import copy
 import operator
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
+
 
 import torch
 import torch.fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..layers.binarized import BinarizedLayer, BinaryLinear
+from ..layers.binarized import BinarizedLayer
 from ..layers.blocks import LearnableBias
 from ..ops.base import Identity
 from ..ops.scale import BasicScaleBinarizer
@@ -36,6 +37,9 @@ _PER_CHANNEL_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, LearnableBias, nn.Identi
 _SCALAR_FUNCTIONS = {operator.mul, operator.add, operator.sub, operator.truediv, torch.mul, torch.add,
                      torch.sub, torch.div, operator.imul, operator.iadd, operator.isub, operator.itruediv}
 _POST_WITHOUT_INPUT = (Identity, nn.Identity, BasicScaleBinarizer)
+
+if TYPE_CHECKING:
+    from .model import InferenceModel
 
 
 class ConversionError(ValueError):

@@ -9,7 +9,8 @@ import keyword
 import math
 import operator
 import os
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict
+
 
 import torch
 import torch.fx
@@ -53,6 +54,9 @@ METHODS = {"view", "reshape", "flatten", "size", "mean", "sum", "add", "mul", "s
            "add_", "mul_", "__getitem__"}
 _PLAIN = (int, float, bool, str, type(None))
 _OPS = {"placeholder", "get_attr", "call_function", "call_method", "call_module", "output"}
+
+if TYPE_CHECKING:
+    from .model import InferenceModel
 
 
 def _identifier(name: Any) -> bool:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import LearnableBias, PowerOfTwoRPReLU, ScaledStdConv2d
-from ._common import (REACTNET_A_CHANNELS, RESNET_DEPTHS, RESNET_WIDTHS, plain_conv,
+from ._common import (NormFreeReActNetABlock, REACTNET_A_CHANNELS, RESNET_DEPTHS, RESNET_WIDTHS, plain_conv,
                       reactnet_a_betas, reactnet_a_blocks, resnet_stem_conv, stem_stride)
 from .registry import register_model
 
@@ -123,45 +123,16 @@ class ABReActNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-class ABReActNetABlock(nn.Module):
-    r"""The normalizer-free ReActNet-A block:
+class ABReActNetABlock(NormFreeReActNetABlock):
+    r"""The A&B BNN ReActNet-A block: :class:`NormFreeReActNetABlock` with power-of-two RPReLU activations
+    and the shortcut pooling the unscaled input. Arguments as there; ``alpha`` 0.25 = 2^-2."""
 
-    ``x -> * beta1 -> bias -> [sign] -> binary 3x3 -> * alpha -> + shortcut -> power-of-two RPReLU`` then
-    ``-> * beta2 -> bias -> [sign] -> binary 1x1 (one, or two concatenated) -> * alpha -> + shortcut ->
-    power-of-two RPReLU``. A strided block's shortcut is ``downsample`` = AvgPool2d(2) of the unscaled input.
-
-    Args:
-        in_channels: input channels.
-        out_channels: ``in_channels`` or ``2 * in_channels``.
-        stride: 1 or 2.
-        alpha: residual branch scale.
-        beta1: ``1 / sqrt(expected_var)`` of the block's input.
-        beta2: the same after the block's first residual add.
-    """
+    activation = PowerOfTwoRPReLU
+    pool_scaled_input = False
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, alpha: float = ALPHA,
                  beta1: float = 1.0, beta2: float = 1.0):
-        super().__init__()
-        if out_channels not in (in_channels, 2 * in_channels):
-            raise ValueError(f"a ReActNet-A block maps C to C or 2C channels, got {in_channels} -> {out_channels}")
-        self.alpha, self.beta1, self.beta2 = float(alpha), float(beta1), float(beta2)
-        self.threshold1 = LearnableBias(in_channels)
-        self.conv3x3 = plain_conv(in_channels, in_channels, 3, stride, 1)
-        self.downsample = nn.AvgPool2d(2, 2) if stride == 2 else None
-        self.act1 = PowerOfTwoRPReLU(in_channels)
-        self.threshold2 = LearnableBias(in_channels)
-        self.pointwise = nn.ModuleList(plain_conv(in_channels, in_channels, 1)
-                                       for _ in range(out_channels // in_channels))
-        self.act2 = PowerOfTwoRPReLU(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.act1(self.alpha * self.conv3x3(self.threshold1(self.beta1 * x)) + shortcut)
-        y = self.threshold2(self.beta2 * x)
-        return self.act2(torch.cat([self.alpha * conv(y) + x for conv in self.pointwise], dim=1))
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta1={self.beta1:.6g}, beta2={self.beta2:.6g}"
+        super().__init__(in_channels, out_channels, stride, alpha, beta1, beta2)
 
 
 class ABReActNetA(nn.Module):

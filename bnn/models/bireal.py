@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ._common import RESNET_DEPTHS, RESNET_WIDTHS, plain_conv, resnet_stem_conv
+from ._common import RESNET_DEPTHS, BiRealLayout, plain_conv
 from .registry import register_model
 
 __all__ = ["BiRealBlock", "BiRealNet", "birealnet18", "birealnet34"]
@@ -48,7 +48,7 @@ class BiRealBlock(nn.Module):
         return self.bn(self.conv(x)) + shortcut
 
 
-class BiRealNet(nn.Module):
+class BiRealNet(BiRealLayout):
     r"""Bi-Real Net 18 / 34: real stem (conv, BN, max-pool on ImageNet), four stages of
     :class:`BiRealBlock` of widths 64, 128, 256, 512, global pool, real classifier.
 
@@ -59,23 +59,7 @@ class BiRealNet(nn.Module):
     """
 
     def __init__(self, depths: Sequence[int], num_classes: int = 1000, stem: str = "imagenet"):
-        super().__init__()
-        self.conv1, self.maxpool = resnet_stem_conv(stem, RESNET_WIDTHS[0], plain_conv)
-        self.bn1 = nn.BatchNorm2d(RESNET_WIDTHS[0])
-        in_channels = RESNET_WIDTHS[0]
-        for i, (depth, width) in enumerate(zip(depths, RESNET_WIDTHS)):
-            blocks = []
-            for j in range(depth):
-                blocks.append(BiRealBlock(in_channels, width, stride=2 if i > 0 and j == 0 else 1))
-                in_channels = width
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        super().__init__(BiRealBlock, depths, num_classes, stem)
 
 
 @register_model(paper=_PAPER, default_recipe="recipes/bireal.yaml")

@@ -16,8 +16,8 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from ..layers import LearnableBias, RPReLU, ScaledStdConv2d
-from ._common import (REACTNET_A_CHANNELS, plain_conv, reactnet_a_betas, reactnet_a_blocks,
+from ..layers import RPReLU, ScaledStdConv2d
+from ._common import (NormFreeReActNetABlock, REACTNET_A_CHANNELS, reactnet_a_betas, reactnet_a_blocks,
                       stem_stride)
 from .registry import register_model
 
@@ -30,46 +30,17 @@ _PAPER = ("Chen et al., BNN - BN = ?: Training Binary Neural Networks without Ba
 ALPHA = 0.2
 
 
-class NFReActNetABlock(nn.Module):
-    r"""The BN-free ReActNet-A block:
+class NFReActNetABlock(NormFreeReActNetABlock):
+    r"""The BN-free ReActNet-A block of BNN - BN = ?: :class:`NormFreeReActNetABlock` with RPReLU activations
+    and, as the official code, the strided shortcut pooling ``beta1 * x``. Arguments as there; ``alpha`` 0.2."""
 
-    ``x -> * beta1 -> bias -> [sign] -> binary 3x3 -> * alpha -> + shortcut -> RPReLU`` then
-    ``-> * beta2 -> bias -> [sign] -> binary 1x1 (one, or two concatenated) -> * alpha -> + shortcut -> RPReLU``.
-    A strided block's shortcut is ``downsample`` = AvgPool2d(2) of ``beta1 * x`` (official code).
-
-    Args:
-        in_channels: input channels.
-        out_channels: ``in_channels`` or ``2 * in_channels``.
-        stride: 1 or 2.
-        alpha: residual branch scale.
-        beta1: ``1 / sqrt(expected_var)`` of the block's input.
-        beta2: the same after the block's first residual add.
-    """
+    activation = RPReLU
+    pool_scaled_input = True
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, alpha: float = ALPHA,
                  beta1: float = 1.0, beta2: float = 1.0):
-        super().__init__()
-        if out_channels not in (in_channels, 2 * in_channels):
-            raise ValueError(f"a ReActNet-A block maps C to C or 2C channels, got {in_channels} -> {out_channels}")
-        self.alpha, self.beta1, self.beta2 = float(alpha), float(beta1), float(beta2)
-        self.threshold1 = LearnableBias(in_channels)
-        self.conv3x3 = plain_conv(in_channels, in_channels, 3, stride, 1)
-        self.downsample = nn.AvgPool2d(2, 2) if stride == 2 else None
-        self.act1 = RPReLU(in_channels)
-        self.threshold2 = LearnableBias(in_channels)
-        self.pointwise = nn.ModuleList(plain_conv(in_channels, in_channels, 1)
-                                       for _ in range(out_channels // in_channels))
-        self.act2 = RPReLU(out_channels)
+        super().__init__(in_channels, out_channels, stride, alpha, beta1, beta2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scaled = self.beta1 * x
-        shortcut = x if self.downsample is None else self.downsample(scaled)
-        x = self.act1(self.alpha * self.conv3x3(self.threshold1(scaled)) + shortcut)
-        y = self.threshold2(self.beta2 * x)
-        return self.act2(torch.cat([self.alpha * conv(y) + x for conv in self.pointwise], dim=1))
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta1={self.beta1:.6g}, beta2={self.beta2:.6g}"
 
 
 class NFReActNetA(nn.Module):

@@ -21,8 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import LearnableBias, RPReLU
-from ._common import (REACTNET_A_CHANNELS, RESNET_DEPTHS, RESNET_WIDTHS, plain_conv, reactnet_a_blocks,
-                      resnet_stem_conv, stem_stride)
+from ._common import (BiRealLayout, REACTNET_A_CHANNELS, RESNET_DEPTHS, plain_conv, reactnet_a_blocks, stem_stride)
 from .registry import register_model
 
 __all__ = ["ReActNetBlock", "ReActNet", "ReActNetABlock", "ReActNetA", "reactnet18", "reactnet34", "reactnet_a"]
@@ -60,7 +59,7 @@ class ReActNetBlock(nn.Module):
         return self.act(self.bn(self.conv(self.threshold(x))) + shortcut)
 
 
-class ReActNet(nn.Module):
+class ReActNet(BiRealLayout):
     r"""ReActNet-18 / 34: real stem (conv, BN, max-pool on ImageNet), four stages of
     :class:`ReActNetBlock` of widths 64, 128, 256, 512, global pool, real classifier.
 
@@ -71,23 +70,7 @@ class ReActNet(nn.Module):
     """
 
     def __init__(self, depths: Sequence[int], num_classes: int = 1000, stem: str = "imagenet"):
-        super().__init__()
-        self.conv1, self.maxpool = resnet_stem_conv(stem, RESNET_WIDTHS[0], plain_conv)
-        self.bn1 = nn.BatchNorm2d(RESNET_WIDTHS[0])
-        in_channels = RESNET_WIDTHS[0]
-        for i, (depth, width) in enumerate(zip(depths, RESNET_WIDTHS)):
-            blocks = []
-            for j in range(depth):
-                blocks.append(ReActNetBlock(in_channels, width, stride=2 if i > 0 and j == 0 else 1))
-                in_channels = width
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        super().__init__(ReActNetBlock, depths, num_classes, stem)
 
 
 class ReActNetABlock(nn.Module):
