@@ -66,6 +66,8 @@ def _module_counts(m: nn.Module, args, out) -> Dict[str, int]:
                 else math.prod(out.shape[1:])
             c["binary_macs"] = positions * math.prod(m.kernel_size) * (m.in_channels // m.groups) * m.out_channels
         c["comparisons"] += n_in
+        if m.emit_dot:  # scale and bias folded into the next layer's thresholds
+            return c
         _scale_counts(c, m.scale, n_out)
         if m.bias is not None:
             c["additions"] += n_out

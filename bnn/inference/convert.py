@@ -71,6 +71,17 @@ def _foldable(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
     return node.op == "call_function" and _tensor_input(node) is not None
 
 
+def _packed_producer(gm: torch.fx.GraphModule, node: torch.fx.Node):
+    """The packed binary layer that produced ``node`` for this one user alone, with nothing after its scale
+    and bias (no output scaler), or None."""
+    if node.op != "call_module" or len(node.users) != 1:
+        return None
+    module = gm.get_submodule(node.target)
+    if isinstance(module, (PackedBinaryConv2d, PackedBinaryLinear)) and module.post is None and not module.emit_dot:
+        return module
+    return None
+
+
 def _replay(gm: torch.fx.GraphModule, chain: List[torch.fx.Node]) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
         for node in chain:
@@ -132,6 +143,14 @@ def _convert_layer(gm: torch.fx.GraphModule, node: torch.fx.Node, layer: Binariz
         try:
             try:
                 thresholds = derive(chain, source)
+                previous = _packed_producer(gm, source)
+                if previous is not None:
+                    # the previous binary layer feeds only this sign: its scale and bias fold into these
+                    # thresholds too (compares on its integer sums), and it hands over the sums as they are
+                    thresholds = derive_thresholds(
+                        lambda d: binarizer(_replay(gm, chain)(previous.scale_and_bias(d))) > 0,
+                        channels, _shape(source), channel_dim)
+                    previous.emit_dot = True
             except (ValueError, RuntimeError):
                 if not chain:
                     raise

@@ -37,14 +37,25 @@ class _Epilogue(nn.Module):
         self.post = post
         self.channel_dim = channel_dim
 
-    def _finish(self, dot: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        out = dot.to(x.dtype)
+    #: Set by the converter when the next layer's thresholds absorbed this layer's scale and bias: the
+    #: layer then outputs its integer sums (as floats), and the compare downstream works on them.
+    emit_dot: bool = False
+
+    def scale_and_bias(self, out: torch.Tensor) -> torch.Tensor:
+        """The per-channel scale and bias of the trained layer, applied as its eval-mode forward does."""
         shape = [1] * out.dim()
         shape[self.channel_dim] = -1
         if self.scale is not None:
             out = out * self.scale.view(shape)
         if self.bias is not None:
             out = out + self.bias.view(shape)
+        return out
+
+    def _finish(self, dot: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = dot.to(x.dtype)
+        if self.emit_dot:
+            return out
+        out = self.scale_and_bias(out)
         if self.post is not None:
             out = self.post(out, x)
         return out
@@ -100,10 +111,10 @@ class PackedBinaryConv2d(_Epilogue):
             packed = ext.pack_input(x4, self.threshold, self.direction, self.groups)
             out = ext.binary_conv2d(packed, self._kernel_weight(), self.in_channels, self.out_channels,
                                     *self.kernel_size, *self.stride, *self.padding, *self.dilation, self.groups,
-                                    self.scale, self.bias, isa)
+                                    None if self.emit_dot else self.scale, None if self.emit_dot else self.bias, isa)
             if self.conv1d:
                 out = out.squeeze(2)
-            if self.post is not None:
+            if self.post is not None and not self.emit_dot:
                 out = self.post(out, xb)
         else:
             bits = self.input_bits(x4)

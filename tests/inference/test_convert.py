@@ -446,3 +446,35 @@ def test_untraceable_model_raises_conversion_error():
 
     with pytest.raises(ConversionError, match="trace"):
         to_inference(Net().eval(), torch.randn(1, 3, 5, 5))
+
+
+def test_scale_of_a_binary_layer_folds_into_the_next_threshold():
+    """conv -> BN -> sign -> conv (XNOR-Net's layout): the first binary conv's scale K_c and the BatchNorm fold
+    into the second conv's thresholds, which compare the integer sums; no multiply is left between them."""
+    from bnn.inference.modules import PackedBinaryConv2d
+    from bnn.ops import BasicInputBinarizer, XNORWeightBinarizer
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16),
+                        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32),
+                        nn.Conv2d(32, 24, 3, padding=1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(24, 10))
+    bnn.prepare_binary_model(net, bnn.BConfig(activation_pre_process=BasicInputBinarizer,
+                                              weight_pre_process=XNORWeightBinarizer),
+                             ignore_layers_name=["_first_", "_last_"])
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()  # negative scales too: flipped compares
+                m.bias.normal_()
+    net.eval()
+    x = torch.randn(4, 3, 12, 12)
+    fast = bnn.to_inference(net, x)
+    assert torch.equal(fast(x), net(x))
+    packed = {n: m for n, m in fast.graph_module.named_modules() if isinstance(m, PackedBinaryConv2d)}
+    assert packed["2"].emit_dot and not packed["4"].emit_dot
+    assert not any(isinstance(m, nn.BatchNorm2d) for n, m in fast.graph_module.named_modules() if n == "3")
+    rows = {r["name"]: r for r in fast.op_census(x, per_layer=True)["layers"]}
+    assert "multiplications" not in rows["2"] or rows["2"]["multiplications"] == 0
+    assert rows["4"]["multiplications"] == 4 * 24 * 12 * 12  # the last layer keeps its scale: a real add follows
