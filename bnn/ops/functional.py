@@ -125,10 +125,16 @@ class _ScaledSign(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, v, scale, estimator):
-        # sign(v) * scale, not copysign(scale, v): copysign would drop the sign of a negative scale (a
-        # learnable gain below 0), and choosing between the two would sync a GPU with the host
-        out = sign(v).mul_(scale)
+    def forward(ctx, v, scale, estimator, nonnegative):
+        if nonnegative:
+            # the caller guarantees scale >= 0 (a mean of absolute values): copysign(scale, v + 0.0) is
+            # scale * sign(v) in two passes over the weight
+            out = v + 0.0
+            torch.copysign(scale, out, out=out)
+        else:
+            # sign(v) * scale: copysign would drop the sign of a negative scale (a learnable gain below 0),
+            # and testing for one would sync a GPU with the host
+            out = sign(v).mul_(scale)
         ctx.estimator = estimator
         ctx.save_for_backward(v, scale, out)
         return out
@@ -147,7 +153,7 @@ class _ScaledSign(torch.autograd.Function):
             # sum(g * sign(v)) per row, sign(v) recomputed: dividing sum(g * out) by the scale would need a
             # data-dependent branch for zero scales, a host-device sync on a GPU at every step
             grad_scale = (grad * sign(v)).sum(tuple(range(1, v.dim())), keepdim=True)
-        return grad_v, grad_scale, None
+        return grad_v, grad_scale, None, None
 
 
 class _XNORSign(torch.autograd.Function):
@@ -237,19 +243,21 @@ def sign_with_surrogate(x: torch.Tensor, surrogate) -> torch.Tensor:
     return (soft - soft.detach()) + sign(x)
 
 
-def scaled_sign(v: torch.Tensor, scale: torch.Tensor, estimator: str = "clamp") -> torch.Tensor:
+def scaled_sign(v: torch.Tensor, scale: torch.Tensor, estimator: str = "clamp", nonnegative: bool = False
+                ) -> torch.Tensor:
     r"""``scale * sign(v)`` for a weight ``v`` and a per-output-channel ``scale`` of shape (C_out, 1, ..., 1).
 
     Gradient for ``v``: ``"clamp"``, that of :math:`\mathrm{clamp}(v, -1, 1)` (inclusive bounds, not multiplied
     by the scale; the Bi-Real / ReActNet / A&B code); ``"ste"``, :math:`g \cdot scale \cdot 1\{|v| < 1\}`
     (sign-STE times the scale, XNOR-Net). Gradient for ``scale``: :math:`\sum g \cdot \mathrm{sign}(v)` over
-    each row, so a learnable or non-detached scale trains.
+    each row, so a learnable or non-detached scale trains. ``nonnegative=True`` promises ``scale >= 0``
+    (e.g. a mean of absolute values), which saves a pass over the weight.
     """
     if estimator not in ("clamp", "ste"):
         raise ValueError(f"scaled_sign estimator must be 'clamp' or 'ste', got {estimator!r}")
     if scale.dim() != v.dim() or scale.shape[0] != v.shape[0]:
         raise ValueError(f"scale of shape {tuple(scale.shape)} does not broadcast per row over {tuple(v.shape)}")
-    return _ScaledSign.apply(v, scale, estimator)
+    return _ScaledSign.apply(v, scale, estimator, bool(nonnegative))
 
 
 def xnor_sign(v: torch.Tensor, detach_alpha: bool = False, power_of_two: bool = False) -> torch.Tensor:

@@ -149,7 +149,7 @@ class MagnitudeAwareWeightBinarizer(ScaledWeightBinarizer):
         return w, _mean_abs(w).detach()
 
     def _scaled_sign(self, v, scale):
-        return F.scaled_sign(v, scale, "clamp")
+        return F.scaled_sign(v, scale, "clamp", nonnegative=True)  # a mean of |W|, rounded or not
 
 
 class ScaledWSWeightBinarizer(ScaledWeightBinarizer):
