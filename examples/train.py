@@ -61,9 +61,13 @@ def cifar10_datasets(root: str):
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
+    """A model of bnn's zoo (its 32x32 CIFAR variant) or a torchvision classification model, no weights."""
+    if name in bnn.models.list_models():
+        return bnn.models.create_model(name, num_classes=num_classes, stem="cifar")
     if name in torchvision.models.list_models(module=torchvision.models):
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    sys.exit(f"error: unknown model {name!r}; use a torchvision classification model name")
+    sys.exit(f"error: unknown model {name!r}; use a bnn.models name ({', '.join(bnn.models.list_models())}) "
+             "or a torchvision classification model name")
 
 
 @torch.no_grad()
@@ -81,7 +85,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--model", default="resnet18", help="torchvision model name (default resnet18)")
+    p.add_argument("--model", default="resnet18",
+                   help="a bnn.models name (e.g. abbnn_reactnet18) or a torchvision model name (default resnet18)")
     p.add_argument("--recipe", default=os.path.join(os.path.dirname(__file__), "..", "recipes", "abbnn.yaml"))
     p.add_argument("--data", default="digits", help="'digits' (embedded) or a CIFAR-10 folder")
     p.add_argument("--epochs", type=int, default=None,
