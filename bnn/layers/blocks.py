@@ -82,7 +82,10 @@ class PowerOfTwoRPReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + _per_channel(self.shift_in, x, self.dim)
         slope = torch.exp2(round_ste(self.log2_slope))
-        x = torch.where(x >= 0, x, x * _per_channel(slope, x, self.dim))
+        if self.dim == 1:
+            x = F.prelu(x, slope)  # one fused pass; torch.where is several times slower on CPU
+        else:
+            x = torch.where(x >= 0, x, x * _per_channel(slope, x, self.dim))
         return x + _per_channel(self.shift_out, x, self.dim)
 
     def extra_repr(self) -> str:
