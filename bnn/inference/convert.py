@@ -26,7 +26,7 @@ from ..ops.base import Identity
 from ..ops.scale import BasicScaleBinarizer
 from ..ops.weight import ScaledWeightBinarizer
 from ..tracing import LeafTracer
-from .modules import PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer
+from .modules import ChannelsLastMaxPool2d, PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer
 from .thresholds import derive_thresholds
 
 __all__ = ["to_inference", "ConversionError"]
@@ -235,6 +235,11 @@ def to_inference(model: nn.Module, example_inputs: Inputs) -> "InferenceModel":
         for node in list(gm.graph.nodes):
             if node.op == "call_module" and isinstance(gm.get_submodule(node.target), BinarizedLayer):
                 _convert_layer(gm, node, gm.get_submodule(node.target), fold_chain=calls[node.target] == 1)
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.MaxPool2d:
+                parent, _, child = node.target.rpartition(".")
+                setattr(gm.get_submodule(parent) if parent else gm, child,
+                        ChannelsLastMaxPool2d.from_module(gm.get_submodule(node.target)))
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()

@@ -18,7 +18,8 @@ from . import kernels
 from .packing import binary_conv2d_reference, binary_linear_reference, pack_bits
 from .thresholds import ChannelThresholds
 
-__all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "SignedRealLayer", "is_power_of_two"]
+__all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "SignedRealLayer", "ChannelsLastMaxPool2d",
+           "is_power_of_two"]
 
 
 def is_power_of_two(values: torch.Tensor) -> bool:
@@ -193,3 +194,19 @@ class SignedRealLayer(nn.Module):
             if self.bias is not None:
                 out = out + self.bias.view(shape)
         return self.post(out, x) if self.post is not None else out
+
+
+class ChannelsLastMaxPool2d(nn.MaxPool2d):
+    r"""``nn.MaxPool2d`` run in channels-last layout: PyTorch's CPU max-pooling kernel is vectorized over
+    channels there, about 10x faster than on NCHW (the stem's 3x3 max-pool of a ResNet costs more than all
+    its binary layers otherwise), conversions included. A maximum is exact in any order: same output."""
+
+    @classmethod
+    def from_module(cls, pool: nn.MaxPool2d) -> "ChannelsLastMaxPool2d":
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or self.return_indices:
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+

@@ -32,6 +32,7 @@ VERSION = 1
 
 _MODULE_CLASSES = [
     _modules.PackedBinaryConv2d, _modules.PackedBinaryLinear, _modules.SignedRealLayer,
+    _modules.ChannelsLastMaxPool2d,
     _layers.LearnableBias, _layers.RPReLU, _layers.PowerOfTwoRPReLU, _ops_base.Identity,
     _ops_scale.BasicScaleBinarizer, _ops_scale.XNORScaleBinarizer, _layers.ScaledStdConv2d,
     _ops_weight.ScaledStandardizedWeight,

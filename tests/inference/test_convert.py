@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.fx
 import torch.nn as nn
+import torchvision
 from hypothesis import given, settings, strategies as st
 
 import bnn
@@ -478,3 +479,15 @@ def test_scale_of_a_binary_layer_folds_into_the_next_threshold():
     rows = {r["name"]: r for r in fast.op_census(x, per_layer=True)["layers"]}
     assert "multiplications" not in rows["2"] or rows["2"]["multiplications"] == 0
     assert rows["4"]["multiplications"] == 4 * 24 * 12 * 12  # the last layer keeps its scale: a real add follows
+
+
+def test_max_pooling_runs_channels_last_with_the_same_output():
+    from bnn.inference.modules import ChannelsLastMaxPool2d
+    model = bnn.prepare_binary_model(
+        torchvision.models.resnet18(num_classes=10),
+        bnn.BConfig(activation_pre_process=bnn.ops.RSign, weight_pre_process=bnn.ops.XNORWeightBinarizer),
+        ignore_layers_name=["_first_", "_last_"]).eval()
+    x = torch.randn(2, 3, 64, 64)
+    fast = to_inference(model, x)
+    assert isinstance(fast.graph_module.maxpool, ChannelsLastMaxPool2d)
+    assert torch.equal(fast(x), model(x))
