@@ -15,7 +15,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 
 import torch
@@ -25,6 +24,7 @@ import bnn
 from bnn.inference import kernels
 from bnn.inference.modules import PackedBinaryConv2d
 from bnn.inference.thresholds import ChannelThresholds
+from bnn.timing import median_times
 
 # (name, channels in, channels out, kernel, stride, spatial size of the input)
 LAYERS = [
@@ -42,19 +42,6 @@ LAYERS = [
     ("reactnet_a 1x1 512@14", 512, 512, 1, 1, 14),
     ("reactnet_a 1x1 1024@7", 1024, 1024, 1, 1, 7),
 ]
-
-
-def median_times(contenders, repeats):
-    """Run every contender once to warm up, then ``repeats`` interleaved rounds; medians in seconds."""
-    for f in contenders.values():
-        f()
-    times = {k: [] for k in contenders}
-    for _ in range(repeats):
-        for k, f in contenders.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def packed_layer(cin, cout, k, stride):

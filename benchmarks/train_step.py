@@ -7,14 +7,13 @@ Prints one line per binarization config with the ratio to the float step. Target
 the sign-STE + XNOR-Net weights config (upstream bnn 0.1.2 measured 2.5x here).
 """
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn as nn
 import torchvision
 
 import bnn
+from bnn.timing import median_times
 from bnn.ops import (BasicInputBinarizer, BasicScaleBinarizer, MagnitudeAwareWeightBinarizer, MaskSignBinarizer,
                      RSign, ScaledWSWeightBinarizer, XNORWeightBinarizer)
 
@@ -61,23 +60,13 @@ def main():
                                          ignore_layers_name=["_first_", "_last_"])
         steps[name] = make_step(model, x, y)
 
-    times = {name: [] for name in steps}
-    for step in steps.values():  # warm-up
-        step()
-        step()
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
-
-    base = statistics.median(times["float"])
+    times = median_times(steps, args.repeats, warmup=2)
+    base = times["float"]
     print(f"resnet18 SGD step, batch {args.batch}, {args.size}x{args.size}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats}")
     print(f"{'config':<55} {'ms':>8} {'ratio':>7}")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:<55} {med * 1e3:8.1f} {med / base:7.2f}x")
+    for name, seconds in times.items():
+        print(f"{name:<55} {seconds * 1e3:8.1f} {seconds / base:7.2f}x")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import copy
 import importlib.util
 import math
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -33,6 +32,7 @@ from .engine.shipped import find_recipe
 from .inference import to_inference
 from .layers import PowerOfTwoRPReLU
 from .profile import count_ops, summary
+from .timing import median_times
 
 __all__ = ["DigitsBlock", "DigitsNet", "run_demo", "DEFAULT_MODEL", "DEFAULT_RECIPE", "DEFAULT_EPOCHS"]
 
@@ -168,19 +168,6 @@ def _shown(path: str) -> str:
     from .engine.shipped import shipped_recipes
     name = os.path.basename(path)
     return name if os.path.abspath(path) in map(os.path.abspath, shipped_recipes().values()) else path
-
-
-def _median_times(contenders: Dict[str, Callable[[], Any]], repeats: int) -> Dict[str, float]:
-    """Warm every contender up, then ``repeats`` interleaved rounds: median seconds of each."""
-    for run in contenders.values():
-        run()
-    times: Dict[str, List[float]] = {k: [] for k in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _compact(n: float) -> str:
@@ -382,7 +369,7 @@ def _run(float_model: nn.Module, model_name: str, chef: BinaryChef, recipe_path:
     latency: Dict[str, Dict[str, float]] = {}
     with torch.no_grad():
         for label, x in (("batch 1", one), (f"batch {len(data.x_test)}", data.x_test)):
-            latency[label] = _median_times({"float": lambda: float_model(x), "binary": lambda: fast(x)},
+            latency[label] = median_times({"float": lambda: float_model(x), "binary": lambda: fast(x)},
                                            repeats if label == "batch 1" else max(3, repeats // 3))
     from .inference import kernels
     isa = kernels.kernel_isa()

@@ -16,14 +16,13 @@ examples/train.py, ``bnn convert CHECKPOINT -o model.bnn`` does the conversion).
 """
 import argparse
 import os
-import statistics
 import tempfile
-import time
 import warnings
 
 import torch
 
 import bnn
+from bnn.timing import median_times
 
 
 def build(name: str, recipe: str, size: int) -> torch.nn.Module:
@@ -42,18 +41,6 @@ def build(name: str, recipe: str, size: int) -> torch.nn.Module:
         for _ in range(len(chef)):
             model = chef.next(model)
     return float_model.eval(), model.eval()
-
-
-def median_ms(contenders, repeats):
-    for f in contenders.values():
-        f()
-    times = {k: [] for k in contenders}
-    for _ in range(repeats):
-        for k, f in contenders.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def main(argv=None):
@@ -94,7 +81,8 @@ def main(argv=None):
           f"{float_bytes / packed:.1f}x smaller; reloaded file identical: {'yes' if same_after_load else 'NO'}")
 
     with torch.no_grad():
-        t = median_ms({"float": lambda: float_model(x), "packed": lambda: fast(x)}, repeats)
+        t = {k: 1e3 * v for k, v in median_times({"float": lambda: float_model(x), "packed": lambda: fast(x)},
+                                                  repeats).items()}
     print(f"latency, batch {args.batch}, {size}x{size}, {torch.get_num_threads()} thread(s): float {t['float']:.1f} ms, "
           f"packed {t['packed']:.1f} ms: {t['float'] / t['packed']:.2f}x")
     return 0 if same and same_after_load else 1

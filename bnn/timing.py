@@ -1,0 +1,29 @@
+r"""Timing contenders side by side in one process, as every bnn benchmark figure is measured."""
+import statistics
+import time
+from typing import Any, Callable, Dict
+
+__all__ = ["median_times"]
+
+
+def median_times(contenders: Dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> Dict[str, float]:
+    r"""Run every contender ``warmup`` times, then ``repeats`` interleaved rounds (one run of each per round,
+    so that a slow moment of the machine hits all of them); return the median seconds of each.
+
+    Example::
+
+        >>> from bnn.timing import median_times
+        >>> t = median_times({"a": lambda: sum(range(1000)), "b": lambda: sum(range(2000))}, repeats=5)
+        >>> sorted(t)
+        ['a', 'b']
+    """
+    for _ in range(warmup):
+        for run in contenders.values():
+            run()
+    times: Dict[str, list] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

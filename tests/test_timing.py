@@ -1,0 +1,15 @@
+"""median_times: warm-up, interleaved rounds, medians."""
+import time
+
+from bnn.timing import median_times
+
+
+def test_rounds_are_interleaved_after_the_warm_up():
+    calls = []
+    median_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 5
+
+
+def test_medians_order_the_contenders():
+    t = median_times({"fast": lambda: None, "slow": lambda: time.sleep(0.002)}, repeats=5)
+    assert set(t) == {"fast", "slow"} and t["fast"] < 0.002 <= t["slow"]
