@@ -1,12 +1,13 @@
 r"""What the model families share: the two backbone layouts of the seed papers and the real
 scaled-weight-standardized convolution of the normalizer-free models."""
 import math
+from collections import OrderedDict
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..layers import LearnableBias
+from ..layers import LearnableBias, ScaledStdConv2d
 
 
 #: Blocks per stage of the Bi-Real layout (one binary 3x3 conv per block) and the stage widths.
@@ -135,3 +136,32 @@ class NormFreeReActNetABlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta1={self.beta1:.6g}, beta2={self.beta2:.6g}"
+
+
+class NormFreeReActNetA(nn.Module):
+    r"""The normalizer-free ReActNet-A network: weight-standardized real 3x3 stem (stride 2 on ImageNet, 1 on
+    CIFAR), 13 blocks of class ``block`` (a :class:`NormFreeReActNetABlock`), global pool, real classifier.
+    Block i gets ``beta1 = 1 / sqrt(v)`` and ``beta2 = 1 / sqrt(v + alpha^2)``, where ``v`` is 1 after the
+    stem and after a strided block and grows by ``2 alpha^2`` (two residual adds) per other block.
+
+    Args:
+        block: the block class.
+        num_classes: classifier outputs.
+        stem: ``"imagenet"`` or ``"cifar"``.
+        alpha: residual branch scale.
+    """
+
+    def __init__(self, block: type, num_classes: int = 1000, stem: str = "imagenet", alpha: float = 0.25):
+        super().__init__()
+        channels = REACTNET_A_CHANNELS
+        self.stem = nn.Sequential(OrderedDict(conv=ScaledStdConv2d(3, channels[0], 3, stem_stride(stem), 1)))
+        blocks = reactnet_a_blocks(channels)
+        self.blocks = nn.Sequential(*(block(i, o, s, alpha, b1, b2)
+                                      for (i, o, s), (b1, b2) in zip(blocks, reactnet_a_betas(blocks, alpha))))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+

@@ -19,15 +19,14 @@ alpha^2 (see :func:`resnet_betas`). Keeping it makes a loaded official checkpoin
 function.
 """
 import math
-from collections import OrderedDict
 from typing import List, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..layers import LearnableBias, PowerOfTwoRPReLU, ScaledStdConv2d
-from ._common import (NormFreeReActNetABlock, REACTNET_A_CHANNELS, RESNET_DEPTHS, RESNET_WIDTHS, plain_conv,
-                      reactnet_a_betas, reactnet_a_blocks, resnet_stem_conv, stem_stride)
+from ._common import (RESNET_DEPTHS, RESNET_WIDTHS, NormFreeReActNetA, NormFreeReActNetABlock, plain_conv,
+                      resnet_stem_conv)
 from .registry import register_model
 
 __all__ = ["ABBlock", "ABReActNet", "ABReActNetABlock", "ABReActNetA", "resnet_betas", "abbnn_reactnet18",
@@ -135,31 +134,11 @@ class ABReActNetABlock(NormFreeReActNetABlock):
         super().__init__(in_channels, out_channels, stride, alpha, beta1, beta2)
 
 
-class ABReActNetA(nn.Module):
-    r"""A&B ReActNet-A: weight-standardized real 3x3 stem (stride 2 on ImageNet, 1 on CIFAR), 13
-    :class:`ABReActNetABlock`, global pool, real classifier. Block i gets ``beta1 = 1 / sqrt(v)`` and
-    ``beta2 = 1 / sqrt(v + alpha^2)``, where ``v`` is 1 after the stem and after a strided block and grows
-    by ``2 alpha^2`` (two residual adds) per other block.
-
-    Args:
-        num_classes: classifier outputs.
-        stem: ``"imagenet"`` or ``"cifar"``.
-        alpha: residual branch scale (A&B: 0.25).
-    """
+class ABReActNetA(NormFreeReActNetA):
+    r"""A&B ReActNet-A: :class:`NormFreeReActNetA` with :class:`ABReActNetABlock` (alpha 0.25 = 2^-2)."""
 
     def __init__(self, num_classes: int = 1000, stem: str = "imagenet", alpha: float = ALPHA):
-        super().__init__()
-        channels = REACTNET_A_CHANNELS
-        self.stem = nn.Sequential(OrderedDict(conv=ScaledStdConv2d(3, channels[0], 3, stem_stride(stem), 1)))
-        blocks = reactnet_a_blocks(channels)
-        self.blocks = nn.Sequential(*(ABReActNetABlock(i, o, s, alpha, b1, b2)
-                                      for (i, o, s), (b1, b2) in zip(blocks, reactnet_a_betas(blocks, alpha))))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        super().__init__(ABReActNetABlock, num_classes, stem, alpha)
 
 
 @register_model(paper=_PAPER, default_recipe="recipes/abbnn.yaml")

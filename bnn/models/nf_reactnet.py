@@ -11,14 +11,8 @@ with scaled weight standardization in step 2, and clips gradients adaptively (AG
 One detail of the official code is kept: in a strided block the shortcut pools the *beta-scaled* input
 (``AvgPool2d(beta1 * x)``), where A&B BNN pools ``x``.
 """
-from collections import OrderedDict
-
-import torch
-import torch.nn as nn
-
-from ..layers import RPReLU, ScaledStdConv2d
-from ._common import (NormFreeReActNetABlock, REACTNET_A_CHANNELS, reactnet_a_betas, reactnet_a_blocks,
-                      stem_stride)
+from ..layers import RPReLU
+from ._common import NormFreeReActNetA, NormFreeReActNetABlock
 from .registry import register_model
 
 __all__ = ["NFReActNetABlock", "NFReActNetA", "nf_reactnet_a"]
@@ -43,30 +37,11 @@ class NFReActNetABlock(NormFreeReActNetABlock):
 
 
 
-class NFReActNetA(nn.Module):
-    r"""BN-free ReActNet-A: weight-standardized real 3x3 stem (stride 2 on ImageNet, 1 on CIFAR), 13
-    :class:`NFReActNetABlock`, global pool, real classifier. Betas as in A&B BNN's ReActNet-A (same rule,
-    alpha 0.2).
-
-    Args:
-        num_classes: classifier outputs.
-        stem: ``"imagenet"`` or ``"cifar"``.
-        alpha: residual branch scale (0.2).
-    """
+class NFReActNetA(NormFreeReActNetA):
+    r"""BN-free ReActNet-A: :class:`NormFreeReActNetA` with :class:`NFReActNetABlock` (alpha 0.2)."""
 
     def __init__(self, num_classes: int = 1000, stem: str = "imagenet", alpha: float = ALPHA):
-        super().__init__()
-        channels = REACTNET_A_CHANNELS
-        self.stem = nn.Sequential(OrderedDict(conv=ScaledStdConv2d(3, channels[0], 3, stem_stride(stem), 1)))
-        blocks = reactnet_a_blocks(channels)
-        self.blocks = nn.Sequential(*(NFReActNetABlock(i, o, s, alpha, b1, b2)
-                                      for (i, o, s), (b1, b2) in zip(blocks, reactnet_a_betas(blocks, alpha))))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        super().__init__(NFReActNetABlock, num_classes, stem, alpha)
 
 
 @register_model(paper=_PAPER, default_recipe="recipes/bnn-bn.yaml")
