@@ -18,7 +18,7 @@ setup(
     packages=find_packages(include=["bnn", "bnn.*"]) + ["bnn.recipes"],
     package_dir={"bnn.recipes": "recipes"},
     include_package_data=True,
-    package_data={"bnn.inference": ["csrc/*.cpp"], "bnn.recipes": ["*.yaml"]},
+    package_data={"bnn.inference": ["csrc/*.cpp", "csrc/*.h"], "bnn.recipes": ["*.yaml"]},
     install_requires=["torch>=2.1", "pyyaml>=5.1", "pthflops>=0.4", "packaging", "ninja"],
     extras_require={
         "vision": vision,

@@ -7,6 +7,8 @@ r"""``to_inference``: rewrite a trained fake-binarized model into an inference g
 3. A layer with 1-bit weights and 1-bit activations becomes a packed XNOR-popcount layer; a layer binary
    on one side only becomes its exact float form; everything else stays as it was (stem, classifier,
    residual additions, pooling, RPReLU, ...).
+4. The elementwise operations right after a packed convolution (scales, the residual addition, RPReLU)
+   fuse into its epilogue (see :mod:`bnn.inference.fusion`).
 Any binary layer the converter cannot handle raises an error naming the layer and the reason.
 """
 import collections
@@ -26,6 +28,7 @@ from ..ops.base import Identity
 from ..ops.scale import BasicScaleBinarizer
 from ..ops.weight import ScaledWeightBinarizer
 from ..tracing import LeafTracer
+from .fusion import fuse_epilogues
 from .modules import ChannelsLastMaxPool2d, PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer
 from .thresholds import derive_thresholds
 
@@ -235,6 +238,7 @@ def to_inference(model: nn.Module, example_inputs: Inputs) -> "InferenceModel":
         for node in list(gm.graph.nodes):
             if node.op == "call_module" and isinstance(gm.get_submodule(node.target), BinarizedLayer):
                 _convert_layer(gm, node, gm.get_submodule(node.target), fold_chain=calls[node.target] == 1)
+        fuse_epilogues(gm)
         for node in gm.graph.nodes:
             if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.MaxPool2d:
                 parent, _, child = node.target.rpartition(".")

@@ -1,4 +1,4 @@
-r"""The fast CPU kernels (``csrc/binary_kernels.cpp``): built on first use with
+r"""The fast CPU kernels (``csrc/*.cpp``): built on first use with
 ``torch.utils.cpp_extension`` (ninja, cached in torch's extension folder), the code path chosen at run
 time (AVX-512 VPOPCNTDQ, AVX2, portable C++), threads as ``torch.get_num_threads()``.
 
@@ -6,6 +6,8 @@ Without a working compiler the packed layers fall back to the PyTorch reference 
 :mod:`bnn.inference.packing`, with one warning saying why. ``BNN_KERNELS=reference`` forces that fallback;
 ``BNN_KERNELS=portable|avx2|avx512`` caps the code path (tests compare them).
 """
+import glob
+import hashlib
 import math
 import os
 import shutil
@@ -21,8 +23,8 @@ from .packing import unpack_bits
 __all__ = ["extension", "kernel_isa", "conv_weight_layout", "ISA_NAMES"]
 
 ISA_NAMES = {0: "portable", 1: "avx2", 2: "avx512"}
-_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "binary_kernels.cpp")
-_NAME = "bnn_binary_kernels"
+_CSRC = os.path.join(os.path.dirname(__file__), "csrc")
+_CFLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 _lock = threading.Lock()
 _state = {"tried": False, "module": None}
 
@@ -42,6 +44,21 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join(missing + [path])
 
 
+def _sources():
+    return sorted(glob.glob(os.path.join(_CSRC, "*.cpp")))
+
+
+def _build_name() -> str:
+    """The extension's name carries a digest of every file in csrc/ (headers included: torch only checks the
+    .cpp files it compiles), the flags and the torch version, so that a changed source or another torch
+    gets a build folder of its own instead of a stale library."""
+    digest = hashlib.sha256(" ".join(_CFLAGS + [torch.__version__]).encode())
+    for path in sorted(glob.glob(os.path.join(_CSRC, "*"))):
+        with open(path, "rb") as f:
+            digest.update(os.path.basename(path).encode() + b"\0" + f.read())
+    return "bnn_kernels_" + digest.hexdigest()[:12]
+
+
 def _build():
     import logging
     # torch logs "No CUDA runtime is found" when a CUDA build of torch imports cpp_extension on a CPU-only
@@ -51,15 +68,17 @@ def _build():
     _ninja_on_path()
     # -fopenmp: ATen's parallel_for is OpenMP in torch's builds; without it the kernels run on one thread.
     # The library links to libgomp.so.1, which resolves to the copy torch has loaded already.
-    kwargs = dict(sources=[_SOURCE], extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp"],
+    name = _build_name()
+    kwargs = dict(sources=_sources(), extra_cflags=_CFLAGS, extra_include_paths=[_CSRC],
                   extra_ldflags=["-fopenmp"], verbose=False)
     try:
-        return cpp_extension.load(name=_NAME, **kwargs)
+        return cpp_extension.load(name=name, **kwargs)
     except (ImportError, OSError):
-        # built, but the library does not load (a stale or broken cache, e.g. built for another torch):
-        # wipe the build folder and build again under a fresh name (this process has the old one cached)
-        shutil.rmtree(cpp_extension._get_build_directory(_NAME, verbose=False), ignore_errors=True)
-        return cpp_extension.load(name=_NAME + "_rebuilt", **kwargs)
+        # built, but the library does not load (a broken cache: a truncated .so, a build interrupted
+        # half-way): wipe the build folder and build again under a fresh name (this process may hold the
+        # old name already)
+        shutil.rmtree(cpp_extension._get_build_directory(name, verbose=False), ignore_errors=True)
+        return cpp_extension.load(name=name + "_rebuilt", **kwargs)
 
 
 def extension():

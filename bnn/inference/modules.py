@@ -18,7 +18,7 @@ from . import kernels
 from .packing import binary_conv2d_reference, binary_linear_reference, pack_bits
 from .thresholds import ChannelThresholds
 
-__all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "SignedRealLayer", "ChannelsLastMaxPool2d",
+__all__ = ["EPILOGUE_STEPS", "PackedBinaryConv2d", "PackedBinaryLinear", "SignedRealLayer", "ChannelsLastMaxPool2d",
            "is_power_of_two"]
 
 
@@ -28,13 +28,21 @@ def is_power_of_two(values: torch.Tensor) -> bool:
     return bool((mantissa.abs() == 0.5).all())
 
 
+#: The steps an epilogue runs after the integer sums, in order; a step's code is its index here (the C++
+#: kernels use the same codes). Each step rounds like the torch op it stands for.
+EPILOGUE_STEPS = ("multiply", "add", "add_residual", "prelu")
+
+
 class _Epilogue(nn.Module):
-    """Scale, bias and output scaler of a binary layer, as its eval-mode forward applies them."""
+    """Scale, bias and output scaler of a binary layer, as its eval-mode forward applies them, then the
+    elementwise operations the converter fused after it (:meth:`fuse`)."""
 
     def _init_epilogue(self, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                       post: Optional[nn.Module], channel_dim: int) -> None:
+                       post: Optional[nn.Module], channel_dim: int, channels: int) -> None:
         self.register_buffer("scale", None if scale is None else scale.detach().float().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.register_buffer("fused_codes", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("fused_params", torch.zeros(0, channels))
         self.post = post
         self.channel_dim = channel_dim
 
@@ -52,14 +60,64 @@ class _Epilogue(nn.Module):
             out = out + self.bias.view(shape)
         return out
 
-    def _finish(self, dot: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def fused_residual(self) -> bool:
+        """True when a fused step adds a tensor: the layer is then called as ``layer(x, residual)``."""
+        return bool((self.fused_codes == EPILOGUE_STEPS.index("add_residual")).any())
+
+    def fuse(self, step: str, values: Optional[torch.Tensor] = None) -> None:
+        """Append an elementwise step to the epilogue: ``multiply`` / ``add`` by per-channel ``values``,
+        ``add_residual`` (the tensor passed as the layer's second argument), ``prelu`` with per-channel
+        slopes ``values``. Only the converter calls this, on a layer with neither output scaler nor emit_dot."""
+        if self.post is not None or self.emit_dot:
+            raise ValueError("a layer with an output scaler or emitting its sums takes no fused steps")
+        channels = self.fused_params.shape[1]
+        row = torch.zeros(1, channels) if values is None else values.detach().float().reshape(1, -1).expand(
+            1, channels).clone()
+        self.fused_codes = torch.cat([self.fused_codes, torch.tensor([EPILOGUE_STEPS.index(step)])])
+        self.fused_params = torch.cat([self.fused_params, row])
+
+    def epilogue_program(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The whole epilogue as step codes ``[S]`` and per-channel parameters ``[S, C]``: scale, bias, the
+        fused steps (nothing when the layer emits its sums)."""
+        if self.emit_dot:
+            return self.fused_codes[:0], self.fused_params[:0]
+        codes, rows = [], []
+        for step, values in (("multiply", self.scale), ("add", self.bias)):
+            if values is not None:
+                codes.append(EPILOGUE_STEPS.index(step))
+                rows.append(values.reshape(1, -1))
+        if not codes:
+            return self.fused_codes, self.fused_params
+        return (torch.cat([torch.tensor(codes), self.fused_codes]),
+                torch.cat(rows + [self.fused_params]).contiguous())
+
+    def _finish(self, dot: torch.Tensor, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The reference epilogue, in torch ops: float sums, scale, bias, output scaler, fused steps."""
         out = dot.to(x.dtype)
         if self.emit_dot:
             return out
         out = self.scale_and_bias(out)
         if self.post is not None:
             out = self.post(out, x)
+        shape = [1] * out.dim()
+        shape[self.channel_dim] = -1
+        for code, values in zip(self.fused_codes.tolist(), self.fused_params):
+            step = EPILOGUE_STEPS[code]
+            if step == "multiply":
+                out = out * values.view(shape)
+            elif step == "add":
+                out = out + values.view(shape)
+            elif step == "add_residual":
+                out = out + residual
+            else:
+                out = torch.where(out > 0, out, values.view(shape) * out)
         return out
+
+    def _epilogue_repr(self) -> str:
+        scale = "shift" if self.scale_is_shift else ("multiply" if self.scale is not None else "none")
+        fused = [EPILOGUE_STEPS[c] for c in self.fused_codes.tolist()]
+        return f"scale={scale}" + (f", fused={'+'.join(fused)}" if fused else "")
 
     @property
     def scale_is_shift(self) -> bool:
@@ -70,7 +128,7 @@ class PackedBinaryConv2d(_Epilogue):
     r"""A binary 2-D convolution on packed bits (Conv1d runs as a 2-D convolution of height 1).
 
     Buffers: ``weight_bits`` (int64, ``(C_out, words)``), ``threshold`` / ``direction`` of the input compare,
-    and the epilogue's ``scale`` and ``bias``.
+    the epilogue's ``scale`` and ``bias``, and the steps fused after it (``fused_codes``, ``fused_params``).
     """
 
     def __init__(self, thresholds: ChannelThresholds, weight_signs: torch.Tensor, stride: Tuple[int, ...],
@@ -89,30 +147,34 @@ class PackedBinaryConv2d(_Epilogue):
         self.register_buffer("weight_bits", pack_bits(signs.reshape(self.out_channels, -1) > 0))
         self.register_buffer("threshold", thresholds.threshold.clone())
         self.register_buffer("direction", thresholds.direction.clone())
-        self._init_epilogue(scale, bias, post, channel_dim=1)
+        self._init_epilogue(scale, bias, post, channel_dim=1, channels=self.out_channels)
 
     def input_bits(self, x: torch.Tensor) -> torch.Tensor:
         return ChannelThresholds(self.threshold, self.direction).bits(x, 1)
 
-    def _kernel_weight(self) -> torch.Tensor:
-        cached = getattr(self, "_kernel_weight_cache", None)
-        if cached is None or cached[0] is not self.weight_bits:
+    def _kernel_args(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weights in the kernels' layout and the epilogue program, computed once (per set of buffers)."""
+        key = (self.weight_bits, self.scale, self.bias, self.fused_codes, self.fused_params, self.emit_dot)
+        cached = getattr(self, "_kernel_cache", None)
+        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
             layout = kernels.conv_weight_layout(self.weight_bits, self.out_channels, self.in_channels,
                                                 self.kernel_size, self.groups)
-            self._kernel_weight_cache = cached = (self.weight_bits, layout)
+            cached = self._kernel_cache = (key, (layout,) + self.epilogue_program())
         return cached[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         unbatched = x.dim() == (2 if self.conv1d else 3)
         xb = x.unsqueeze(0) if unbatched else x
+        rb = residual.unsqueeze(0) if unbatched and residual is not None else residual
         x4 = xb.unsqueeze(2) if self.conv1d else xb
         isa = kernels.kernel_isa() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-        if isa is not None:
+        if isa is not None and (rb is None or rb.dtype == torch.float32):
             ext = kernels.extension()
-            packed = ext.pack_input(x4, self.threshold, self.direction, self.groups)
-            out = ext.binary_conv2d(packed, self._kernel_weight(), self.in_channels, self.out_channels,
-                                    *self.kernel_size, *self.stride, *self.padding, *self.dilation, self.groups,
-                                    None if self.emit_dot else self.scale, None if self.emit_dot else self.bias, isa)
+            weight, codes, params = self._kernel_args()
+            packed = ext.pack_input(x4, self.threshold, self.direction, self.groups, self.stride[1], isa)
+            r4 = None if rb is None else (rb.unsqueeze(2) if self.conv1d else rb)
+            out = ext.binary_conv2d(packed, x4.shape[-1], weight, self.in_channels, self.out_channels, *self.kernel_size,
+                                    *self.stride, *self.padding, *self.dilation, self.groups, codes, params, r4, isa)
             if self.conv1d:
                 out = out.squeeze(2)
             if self.post is not None and not self.emit_dot:
@@ -123,13 +185,12 @@ class PackedBinaryConv2d(_Epilogue):
                                           self.dilation, self.groups, self.in_channels)
             if self.conv1d:
                 dot = dot.squeeze(2)
-            out = self._finish(dot, xb)
+            out = self._finish(dot, xb, rb)
         return out.squeeze(0) if unbatched else out
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"scale={'shift' if self.scale_is_shift else ('multiply' if self.scale is not None else 'none')}")
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, {self._epilogue_repr()}")
 
 
 class PackedBinaryLinear(_Epilogue):
@@ -143,7 +204,7 @@ class PackedBinaryLinear(_Epilogue):
         self.register_buffer("weight_bits", pack_bits(weight_signs > 0))
         self.register_buffer("threshold", thresholds.threshold.clone())
         self.register_buffer("direction", thresholds.direction.clone())
-        self._init_epilogue(scale, bias, post, channel_dim=-1)
+        self._init_epilogue(scale, bias, post, channel_dim=-1, channels=self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bits = ChannelThresholds(self.threshold, self.direction).bits(x, -1)
@@ -151,8 +212,7 @@ class PackedBinaryLinear(_Epilogue):
         return self._finish(dot, x)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"scale={'shift' if self.scale_is_shift else ('multiply' if self.scale is not None else 'none')}")
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._epilogue_repr()}"
 
 
 class SignedRealLayer(nn.Module):

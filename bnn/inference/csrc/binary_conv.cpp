@@ -1,0 +1,337 @@
+// Packed binary convolution on the CPU: XNOR-popcount over 64-bit words, three code paths chosen at run
+// time (AVX-512 with VPOPCNTDQ, AVX2, portable C++), threads from ATen's pool (torch.get_num_threads()).
+//
+// Layouts (int64 words, bit i of a word = channel 64 * word + i of the group, 1 = +1):
+//   packed input  [N, H, G, WG, SW, WP]       WG = ceil(C_in / G / 64), SW the stride, WP = ceil(W / SW)
+//   packed weight [G, KH, KW, WG, COB]        COB = C_out / G rounded up to 8, zero bits in padding
+// A tap outside the input (zero padding) is skipped: it contributes 0, as F.conv2d's zero padding does to
+// the fake-binarized model. The sum over the valid taps is n_valid - 2 * popcount(a xor w), n_valid =
+// valid taps * C_in / G; zero bits pad both operands, so the padding of a word never counts.
+//
+// The epilogue is a short program of per-channel steps (multiply, add, add a residual tensor, PReLU) run
+// on the integer sums while they are in cache: the scale and bias of the binary layer and the elementwise
+// operations the converter fused after it. Compiled with -ffp-contract=off: each step rounds like the torch
+// op it replaces (a multiply, then an add; never a fused multiply-add).
+#include "kernels.h"
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace bnn {
+namespace {
+
+struct ConvShape {
+  int64_t n, h, w, groups, wg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cout, cout_g, cob, cin_g, wp;
+};
+
+// Epilogue step codes (bnn/inference/modules.py: EPILOGUE_STEPS).
+enum Step : int64_t { kMultiply = 0, kAdd = 1, kAddResidual = 2, kPReLU = 3 };
+
+struct Epilogue {
+  const int64_t* codes;
+  int64_t steps;
+  const float* params;  // [steps, channels]
+  int64_t channels;
+  const float* residual;  // NCHW like the output, or null
+};
+
+// The epilogue of one channel's output row: float(sum), then the steps in order, as the torch ops they
+// replace round them (each its own loop, so that it vectorizes; no fused multiply-add).
+inline void finish_row_loops(const Epilogue& e, const int32_t* sums, float* dst, const float* residual_row,
+                             int64_t co, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(sums[i]);
+  for (int64_t s = 0; s < e.steps; ++s) {
+    const float p = e.params[s * e.channels + co];
+    switch (e.codes[s]) {
+      case kMultiply:
+        for (int64_t i = 0; i < count; ++i) dst[i] = dst[i] * p;
+        break;
+      case kAdd:
+        for (int64_t i = 0; i < count; ++i) dst[i] = dst[i] + p;
+        break;
+      case kAddResidual:
+        for (int64_t i = 0; i < count; ++i) dst[i] = dst[i] + residual_row[i];
+        break;
+      case kPReLU:
+        for (int64_t i = 0; i < count; ++i) dst[i] = dst[i] > 0.0f ? dst[i] : p * dst[i];
+        break;
+    }
+  }
+}
+
+// The portable path: "vectors" of one lane (one pixel), plain C++.
+namespace portable {
+using Vec = uint64_t;
+using Mask = bool;
+constexpr int64_t kLanes = 1;
+constexpr int kPixelVectors = 4, kChannels = 8;
+inline Mask lane_mask(uint8_t bits) { return bits & 1; }
+inline Vec vzero() { return 0; }
+inline Vec vload(const uint64_t* p) { return *p; }
+inline Vec mload(const uint64_t* p, Mask m) { return m ? *p : 0; }
+inline Vec vbcast(uint64_t v) { return v; }
+inline Vec vxor(Vec a, Vec b) { return a ^ b; }
+inline Vec vpopcnt(Vec a) { return static_cast<Vec>(__builtin_popcountll(a)); }
+inline Vec vadd(Vec a, Vec b) { return a + b; }
+inline Vec vsub(Vec a, Vec b) { return a - b; }
+inline Vec macc(Vec acc, Mask m, Vec v) { return m ? acc + v : acc; }
+inline void store_i32(int32_t* p, Vec v) { *p = static_cast<int32_t>(static_cast<int64_t>(v)); }
+inline void finish_row(const Epilogue& e, const int32_t* sums, float* dst, const float* residual_row, int64_t co,
+                       int64_t count) {
+  finish_row_loops(e, sums, dst, residual_row, co, count);
+}
+#include "conv_kernel.h"
+}  // namespace portable
+
+#pragma GCC push_options
+#pragma GCC target("avx2,popcnt")
+namespace avx2 {
+using Vec = __m256i;
+using Mask = __m256i;  // all ones in the lanes that count
+constexpr int64_t kLanes = 4;
+constexpr int kPixelVectors = 2, kChannels = 4;
+inline Mask lane_mask(uint8_t bits) {
+  const __m256i lane_bits = _mm256_setr_epi64x(1, 2, 4, 8);
+  return _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x(bits), lane_bits), lane_bits);
+}
+inline Vec vzero() { return _mm256_setzero_si256(); }
+inline Vec vload(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline Vec mload(const uint64_t* p, Mask m) {
+  return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p), m);
+}
+inline Vec vbcast(uint64_t v) { return _mm256_set1_epi64x(static_cast<long long>(v)); }
+inline Vec vxor(Vec a, Vec b) { return _mm256_xor_si256(a, b); }
+inline Vec vpopcnt(Vec v) {
+  // Mula's nibble lookup: popcount of each byte, then the sums of 8 bytes per 64-bit lane
+  const __m256i lookup = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i lo = _mm256_shuffle_epi8(lookup, _mm256_and_si256(v, low));
+  const __m256i hi = _mm256_shuffle_epi8(lookup, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+  return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+}
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_epi64(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm256_sub_epi64(a, b); }
+inline Vec macc(Vec acc, Mask m, Vec v) { return _mm256_add_epi64(acc, _mm256_and_si256(v, m)); }
+inline void store_i32(int32_t* p, Vec v) {
+  const __m256i low_halves = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(low_halves));
+}
+inline void finish_row(const Epilogue& e, const int32_t* sums, float* dst, const float* residual_row, int64_t co,
+                       int64_t count) {
+  finish_row_loops(e, sums, dst, residual_row, co, count);
+}
+#include "conv_kernel.h"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq")
+namespace avx512 {
+using Vec = __m512i;
+using Mask = __mmask8;
+constexpr int64_t kLanes = 8;
+constexpr int kPixelVectors = 3, kChannels = 8;
+inline Mask lane_mask(uint8_t bits) { return static_cast<__mmask8>(bits); }
+inline Vec vzero() { return _mm512_setzero_si512(); }
+inline Vec vload(const uint64_t* p) { return _mm512_loadu_si512(p); }
+inline Vec mload(const uint64_t* p, Mask m) { return _mm512_maskz_loadu_epi64(m, p); }
+inline Vec vbcast(uint64_t v) { return _mm512_set1_epi64(static_cast<long long>(v)); }
+inline Vec vxor(Vec a, Vec b) { return _mm512_xor_si512(a, b); }
+inline Vec vpopcnt(Vec v) { return _mm512_popcnt_epi64(v); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_epi64(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm512_sub_epi64(a, b); }
+inline Vec macc(Vec acc, Mask m, Vec v) { return _mm512_mask_add_epi64(acc, m, acc, v); }
+inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi64_epi32(v)); }
+// The epilogue on 16 outputs at a time, all steps applied while they sit in a register (a row of 7 or 14
+// would leave the loops above mostly scalar). Same IEEE operations in the same order.
+inline void finish_row(const Epilogue& e, const int32_t* sums, float* dst, const float* residual_row, int64_t co,
+                       int64_t count) {
+  for (int64_t i = 0; i < count; i += 16) {
+    const __mmask16 m = count - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (count - i)) - 1);
+    __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, sums + i));
+    for (int64_t s = 0; s < e.steps; ++s) {
+      const __m512 p = _mm512_set1_ps(e.params[s * e.channels + co]);
+      switch (e.codes[s]) {
+        case kMultiply: v = _mm512_mul_ps(v, p); break;
+        case kAdd: v = _mm512_add_ps(v, p); break;
+        case kAddResidual: v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, residual_row + i)); break;
+        case kPReLU:  // where not (v > 0), NaN included: p * v
+          v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NGT_UQ), p, v);
+          break;
+      }
+    }
+    _mm512_mask_storeu_ps(dst + i, m, v);
+  }
+}
+#include "conv_kernel.h"
+
+// 64 channels x up to 32 pixels of one row: each channel's floats are two compares, whose 16-bit masks
+// set that channel's bit in the pixels' words (masked ORs on four vectors of 8 words).
+void pack_block(const float* x, const float* t, const int8_t* d, int64_t pixels, int64_t np, int64_t nc,
+                uint64_t* words) {
+  __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                    _mm512_setzero_si512()};
+  const __mmask16 m0 = np >= 16 ? 0xffff : static_cast<__mmask16>((1u << np) - 1);
+  const __mmask16 m1 = np >= 32 ? 0xffff : (np <= 16 ? 0 : static_cast<__mmask16>((1u << (np - 16)) - 1));
+  for (int64_t bit = 0; bit < nc; ++bit) {
+    const float* src = x + bit * pixels;
+    uint32_t mask;
+    if (d[bit] == 0) {
+      mask = t[bit] > 0.0f ? 0xffffffffu : 0u;
+    } else {
+      const __m512 tv = _mm512_set1_ps(t[bit]);
+      const __m512 a = _mm512_maskz_loadu_ps(m0, src), b = _mm512_maskz_loadu_ps(m1, src + 16);
+      __mmask16 ka, kb;
+      if (d[bit] > 0) {
+        ka = _mm512_cmp_ps_mask(a, tv, _CMP_GE_OQ);
+        kb = _mm512_cmp_ps_mask(b, tv, _CMP_GE_OQ);
+      } else {
+        ka = _mm512_cmp_ps_mask(a, tv, _CMP_LE_OQ);
+        kb = _mm512_cmp_ps_mask(b, tv, _CMP_LE_OQ);
+      }
+      mask = static_cast<uint32_t>(ka) | (static_cast<uint32_t>(kb) << 16);
+    }
+    const __m512i one = _mm512_set1_epi64(static_cast<long long>(uint64_t(1) << bit));
+    acc[0] = _mm512_mask_or_epi64(acc[0], static_cast<__mmask8>(mask), acc[0], one);
+    acc[1] = _mm512_mask_or_epi64(acc[1], static_cast<__mmask8>(mask >> 8), acc[1], one);
+    acc[2] = _mm512_mask_or_epi64(acc[2], static_cast<__mmask8>(mask >> 16), acc[2], one);
+    acc[3] = _mm512_mask_or_epi64(acc[3], static_cast<__mmask8>(mask >> 24), acc[3], one);
+  }
+  for (int v = 0; v < 4; ++v) _mm512_storeu_si512(words + 8 * v, acc[v]);
+}
+}  // namespace avx512
+#pragma GCC pop_options
+
+namespace portable {
+void pack_block(const float* x, const float* t, const int8_t* d, int64_t pixels, int64_t np, int64_t nc,
+                uint64_t* words) {
+  std::fill(words, words + 32, 0);
+  for (int64_t bit = 0; bit < nc; ++bit) {
+    const float* src = x + bit * pixels;
+    if (d[bit] > 0) {
+      for (int64_t j = 0; j < np; ++j) words[j] |= static_cast<uint64_t>(src[j] >= t[bit]) << bit;
+    } else if (d[bit] < 0) {
+      for (int64_t j = 0; j < np; ++j) words[j] |= static_cast<uint64_t>(src[j] <= t[bit]) << bit;
+    } else if (t[bit] > 0) {
+      for (int64_t j = 0; j < np; ++j) words[j] |= uint64_t(1) << bit;
+    }
+  }
+}
+}  // namespace portable
+
+}  // namespace
+
+// x: float32 [N, C, H, W] -> words [N, H, G, WG, SW, WP], WP = ceil(W / SW): the words of a row are split
+// by column phase (column w at phase w % SW, index w / SW), so that a convolution of stride SW finds the
+// words of consecutive output pixels at consecutive addresses. Bit = x >= t (direction 1), x <= t (-1),
+// t > 0 (0).
+torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor direction, int64_t groups,
+                         int64_t stride_w, int64_t isa) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "pack_input takes a float32 NCHW tensor");
+  TORCH_CHECK(threshold.scalar_type() == torch::kFloat32 && direction.scalar_type() == torch::kInt8,
+              "pack_input: float32 thresholds and int8 directions");
+  TORCH_CHECK(stride_w >= 1, "pack_input: stride must be positive");
+  x = x.contiguous();
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(groups >= 1 && c % groups == 0, "channels must divide into groups");
+  TORCH_CHECK(threshold.numel() == c && direction.numel() == c, "one threshold and direction per channel");
+  const int64_t cg = c / groups, wg = (cg + 63) / 64, pixels = h * w, wp = (w + stride_w - 1) / stride_w;
+  auto words = torch::empty({n, h, groups, wg, stride_w, wp}, torch::dtype(torch::kInt64));
+  const float* xp = x.data_ptr<float>();
+  auto t_c = threshold.contiguous();
+  auto d_c = direction.contiguous();
+  const float* tp = t_c.data_ptr<float>();
+  const int8_t* dp = d_c.data_ptr<int8_t>();
+  uint64_t* out = reinterpret_cast<uint64_t*>(words.data_ptr<int64_t>());
+  if (stride_w * wp != w) words.zero_();  // the phases' last words past the row's end are never read
+  const bool simd = capped_isa(isa) == Isa::avx512;
+  constexpr int64_t kBlock = 32;
+  const int64_t row_blocks = (w + kBlock - 1) / kBlock;
+  // one task = one image, one row, one word of 64 channels, up to 32 pixels of the row
+  at::parallel_for(0, n * h * groups * wg * row_blocks, 16, [&](int64_t begin, int64_t end) {
+    uint64_t block[kBlock];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t rb = task % row_blocks, word_index = task / row_blocks;
+      const int64_t wd = word_index % wg, g = (word_index / wg) % groups, row = word_index / (wg * groups);
+      const int64_t img = row / h, y = row % h;
+      const int64_t p0 = rb * kBlock, np = std::min(kBlock, w - p0);
+      const int64_t c_begin = g * cg + wd * 64, nc = std::min<int64_t>(64, cg - wd * 64);
+      const float* src = xp + (img * c + c_begin) * pixels + y * w + p0;
+      if (simd) avx512::pack_block(src, tp + c_begin, dp + c_begin, pixels, np, nc, block);
+      else portable::pack_block(src, tp + c_begin, dp + c_begin, pixels, np, nc, block);
+      uint64_t* dst = out + (((img * h + y) * groups + g) * wg + wd) * stride_w * wp;
+      if (stride_w == 1) {
+        std::copy(block, block + np, dst + p0);
+      } else {
+        for (int64_t j = 0; j < np; ++j) {
+          const int64_t col = p0 + j;
+          dst[(col % stride_w) * wp + col / stride_w] = block[j];
+        }
+      }
+    }
+  });
+  return words;
+}
+
+torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tensor weight, int64_t cin, int64_t cout, int64_t kh,
+                            int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                            int64_t groups, torch::Tensor step_codes, torch::Tensor step_params,
+                            c10::optional<torch::Tensor> residual, int64_t isa) {
+  TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == torch::kInt64, "packed input must be [N,H,G,WG,SW,WP] int64");
+  TORCH_CHECK(weight.dim() == 5 && weight.scalar_type() == torch::kInt64, "packed weight must be [G,KH,KW,WG,COB] int64");
+  ConvShape s;
+  TORCH_CHECK(packed.size(4) == sw, "the input was packed for stride ", packed.size(4), ", not ", sw);
+  s.n = packed.size(0); s.h = packed.size(1); s.groups = groups; s.wg = packed.size(3); s.wp = packed.size(5);
+  s.w = in_width;
+  s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw; s.ph = ph; s.pw = pw; s.dh = dh; s.dw = dw;
+  s.ho = (s.h + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+  s.wo = (s.w + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+  s.cout = cout; s.cout_g = cout / groups; s.cob = weight.size(4); s.cin_g = cin / groups;
+  TORCH_CHECK((s.w + sw - 1) / sw == s.wp, "input width does not match the packed words");
+  TORCH_CHECK(packed.size(2) == groups && weight.size(0) == groups && weight.size(3) == s.wg, "layout mismatch");
+  TORCH_CHECK(weight.size(1) == kh && weight.size(2) == kw, "weight kernel size mismatch");
+  TORCH_CHECK(s.cob % 8 == 0 && s.cob >= s.cout_g, "weight blocks must be padded to 8 output channels");
+  TORCH_CHECK(s.ho > 0 && s.wo > 0, "the output would be empty");
+  TORCH_CHECK(step_codes.scalar_type() == torch::kInt64 && step_codes.dim() == 1, "step codes: int64 [steps]");
+  const int64_t steps = step_codes.size(0);
+  TORCH_CHECK(step_params.scalar_type() == torch::kFloat32 && step_params.dim() == 2 && step_params.size(0) == steps &&
+              step_params.size(1) == cout, "step params: float32 [steps, C_out]");
+  auto codes = step_codes.contiguous();
+  auto params = step_params.contiguous();
+  const int64_t* code_p = codes.data_ptr<int64_t>();
+  bool needs_residual = false;
+  for (int64_t i = 0; i < steps; ++i) {
+    TORCH_CHECK(code_p[i] >= kMultiply && code_p[i] <= kPReLU, "unknown epilogue step ", code_p[i]);
+    needs_residual |= code_p[i] == kAddResidual;
+  }
+  auto out = torch::empty({s.n, cout, s.ho, s.wo}, torch::dtype(torch::kFloat32));
+  torch::Tensor res;
+  if (needs_residual) {
+    TORCH_CHECK(residual.has_value() && residual->sizes() == out.sizes() && residual->scalar_type() == torch::kFloat32,
+                "the residual must be float32 ", out.sizes(), " like the output");
+    res = residual->contiguous();
+  }
+  const Epilogue e{code_p, steps, params.data_ptr<float>(), cout, needs_residual ? res.data_ptr<float>() : nullptr};
+  auto in_c = packed.contiguous();
+  auto w_c = weight.contiguous();
+  const uint64_t* in = reinterpret_cast<const uint64_t*>(in_c.data_ptr<int64_t>());
+  const uint64_t* wt = reinterpret_cast<const uint64_t*>(w_c.data_ptr<int64_t>());
+  float* outp = out.data_ptr<float>();
+  const Isa chosen = capped_isa(isa);
+  const int64_t block = chosen == Isa::avx512 ? avx512::kChannels
+                        : chosen == Isa::avx2 ? avx2::kChannels : portable::kChannels;
+  const int64_t tasks = s.n * s.ho * groups * ((s.cob + block - 1) / block);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    if (chosen == Isa::avx512) avx512::conv_tasks(s, in, wt, e, outp, begin, end);
+    else if (chosen == Isa::avx2) avx2::conv_tasks(s, in, wt, e, outp, begin, end);
+    else portable::conv_tasks(s, in, wt, e, outp, begin, end);
+  });
+  return out;
+}
+
+}  // namespace bnn

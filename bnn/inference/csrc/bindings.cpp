@@ -1,0 +1,28 @@
+// Python bindings of the bnn kernel extension (built by bnn/inference/kernels.py).
+#include "kernels.h"
+
+namespace bnn {
+
+Isa best_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq") &&
+      __builtin_cpu_supports("avx512bw"))
+    return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) return Isa::avx2;
+  return Isa::portable;
+}
+
+Isa capped_isa(int64_t requested) {
+  return static_cast<Isa>(std::min<int64_t>(requested, static_cast<int64_t>(best_isa())));
+}
+
+}  // namespace bnn
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("cpu_isa", [] { return static_cast<int64_t>(bnn::best_isa()); },
+        "best code path on this CPU: 0 portable, 1 AVX2, 2 AVX-512 VPOPCNTDQ");
+  m.def("pack_input", &bnn::pack_input, "threshold and pack a float NCHW tensor into [N,H,G,WG,SW,WP] words");
+  m.def("binary_conv2d", &bnn::binary_conv2d, "packed binary conv2d with a fused epilogue");
+  m.def("max_pool2d_nchw", &bnn::max_pool2d_nchw, "F.max_pool2d of a float32 NCHW tensor, bit-identical");
+  m.def("avg_pool2d_nchw", &bnn::avg_pool2d_nchw, "F.avg_pool2d of a float32 NCHW tensor, bit-identical");
+}

@@ -1,0 +1,131 @@
+// The packed binary convolution, written once over a small SIMD vocabulary and included by
+// binary_conv.cpp into one namespace per SIMD code path (AVX-512, AVX2), each under its own
+// `#pragma GCC target`. No include guard: it is meant to be included several times.
+//
+// The enclosing namespace provides: Vec (kLanes 64-bit lanes), Mask, kPixelVectors (the register block
+// is kPixelVectors vectors of kLanes output pixels x kChannels output channels), lane_mask, mload (masked
+// load, zeros where the mask is off, no fault there), macc (add where the mask is on), vzero, vbcast, vxor,
+// vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32), and finish_row (the epilogue of one
+// channel's output row).
+//
+// Vector lanes run over output pixels of one row, so the sums of one output channel are contiguous, as
+// the NCHW output is: no transposition before the epilogue. The packed input is phase-split by the stride
+// (binary_conv.cpp): for every tap, the words of consecutive output pixels are consecutive words. Lanes
+// whose tap falls in the zero padding are masked out of the sum, and their count of valid taps is smaller.
+//
+// One task computes one output row (image n, row oh) of one group and kChannels output channels.
+
+// Sums of kChannels output channels for P vectors of pixels over `taps` taps of `wg` words.
+template <int P>
+inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_col,
+                      int64_t taps, int64_t wg, int64_t in_word_stride, int64_t cob, const uint64_t* wt,
+                      const uint8_t* masks, int64_t kw, const int64_t* n_valid, int32_t* tile, int64_t tile_stride) {
+  Vec acc[P][kChannels];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int c = 0; c < kChannels; ++c) acc[p][c] = vzero();
+  for (int64_t t = 0; t < taps; ++t) {
+    Mask m[P];
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) m[p] = lane_mask(masks[p * kw + tap_col[t]]);
+    const uint64_t* a = in + tap_in[t];
+    const uint64_t* w = wt + tap_w[t];
+    for (int64_t k = 0; k < wg; ++k) {
+      Vec x[P];
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) x[p] = mload(a + k * in_word_stride + p * kLanes, m[p]);
+      const uint64_t* wk = w + k * cob;
+#pragma GCC unroll 16
+      for (int c = 0; c < kChannels; ++c) {
+        const Vec wv = vbcast(wk[c]);
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p) acc[p][c] = macc(acc[p][c], m[p], vpopcnt(vxor(x[p], wv)));
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    const Vec nv = vload(reinterpret_cast<const uint64_t*>(n_valid + p * kLanes));
+#pragma GCC unroll 16
+    for (int c = 0; c < kChannels; ++c) store_i32(tile + c * tile_stride + p * kLanes, vsub(nv, vadd(acc[p][c], acc[p][c])));
+  }
+}
+
+using DotBlockFn = void (*)(const uint64_t*, const int64_t*, const int64_t*, const int*, int64_t, int64_t, int64_t,
+                            int64_t, const uint64_t*, const uint8_t*, int64_t, const int64_t*, int32_t*, int64_t);
+
+inline DotBlockFn dot_block_for(int p) {
+  static_assert(kPixelVectors <= 4, "extend the table below");
+  switch (p) {
+    case 1: return &dot_block<1>;
+    case 2: return &dot_block<(2 <= kPixelVectors ? 2 : 1)>;
+    case 3: return &dot_block<(3 <= kPixelVectors ? 3 : 1)>;
+    default: return &dot_block<(4 <= kPixelVectors ? 4 : 1)>;
+  }
+}
+
+// Tasks [task_begin, task_end) of task = (row * G + g) * blocks + b, row = n * Ho + oh.
+inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* wt, const Epilogue& e, float* out,
+                       int64_t task_begin, int64_t task_end) {
+  const int64_t blocks = (s.cob + kChannels - 1) / kChannels;
+  const int64_t vectors = (s.wo + kLanes - 1) / kLanes, wo_pad = vectors * kLanes;
+  const int64_t ktaps = s.kh * s.kw;
+  // per pixel vector and kernel column: the lanes whose input column is inside the input
+  std::vector<uint8_t> masks(vectors * s.kw);
+  std::vector<int64_t> col_offset(s.kw), valid_cols(wo_pad, 0);
+  for (int64_t j = 0; j < s.kw; ++j) {
+    const int64_t off = j * s.dw - s.pw;
+    const int64_t phase = ((off % s.sw) + s.sw) % s.sw;
+    col_offset[j] = phase * s.wp + (off - phase) / s.sw;  // word of output pixel 0 in the phase-split row
+    for (int64_t v = 0; v < vectors; ++v) {
+      uint8_t m = 0;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const int64_t ow = v * kLanes + l, iw = ow * s.sw + off;
+        if (ow < s.wo && iw >= 0 && iw < s.w) {
+          m |= static_cast<uint8_t>(1u << l);
+          ++valid_cols[ow];
+        }
+      }
+      masks[v * s.kw + j] = m;
+    }
+  }
+  std::vector<int64_t> tap_in(ktaps), tap_w(ktaps), n_valid(wo_pad);
+  std::vector<int> tap_col(ktaps);
+  std::vector<int32_t> tile(kChannels * wo_pad);
+  const int64_t row_words = s.groups * s.wg * s.sw * s.wp;  // one input row, all groups and words
+  const int64_t word_stride = s.sw * s.wp;                  // from one word of 64 channels to the next
+  for (int64_t task = task_begin; task < task_end; ++task) {
+    const int64_t b = task % blocks, g = (task / blocks) % s.groups, row = task / (blocks * s.groups);
+    const int64_t n = row / s.ho, oh = row % s.ho, c0 = b * kChannels;
+    const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
+    if (channels <= 0) continue;
+    int64_t taps = 0, rows = 0;
+    for (int64_t i = 0; i < s.kh; ++i) {
+      const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+      if (ih < 0 || ih >= s.h) continue;
+      ++rows;
+      for (int64_t j = 0; j < s.kw; ++j) {
+        tap_in[taps] = (n * s.h + ih) * row_words + g * s.wg * word_stride + col_offset[j];
+        tap_w[taps] = ((g * s.kh + i) * s.kw + j) * s.wg * s.cob + c0;
+        tap_col[taps] = static_cast<int>(j);
+        ++taps;
+      }
+    }
+    for (int64_t ow = 0; ow < wo_pad; ++ow) n_valid[ow] = rows * valid_cols[ow] * s.cin_g;
+    // the row's pixel vectors in blocks of at most kPixelVectors, as even as possible (7 = 3 + 2 + 2)
+    const int64_t nblocks = (vectors + kPixelVectors - 1) / kPixelVectors;
+    for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
+      const int p = static_cast<int>(vectors / nblocks + (blk < vectors % nblocks ? 1 : 0));
+      dot_block_for(p)(in + v * kLanes, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob,
+                       wt, masks.data() + v * s.kw, s.kw, n_valid.data() + v * kLanes, tile.data() + v * kLanes,
+                       wo_pad);
+      v += p;
+    }
+    for (int64_t l = 0; l < channels; ++l) {
+      const int64_t co = g * s.cout_g + c0 + l;
+      const int64_t offset = ((n * s.cout + co) * s.ho + oh) * s.wo;
+      finish_row(e, tile.data() + l * wo_pad, out + offset, e.residual ? e.residual + offset : nullptr, co, s.wo);
+    }
+  }
+}

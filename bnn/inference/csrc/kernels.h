@@ -1,0 +1,29 @@
+// The functions of the bnn kernel extension, one source file each (bindings.cpp exposes them to Python).
+#pragma once
+#include <torch/extension.h>
+#include <cstdint>
+
+namespace bnn {
+
+// The code paths, best last; best_isa() is the best this CPU runs.
+enum class Isa : int64_t { portable = 0, avx2 = 1, avx512 = 2 };
+Isa best_isa();
+// min(requested, best_isa()): a caller may cap the code path (tests compare them), never raise it.
+Isa capped_isa(int64_t requested);
+
+// binary_conv.cpp
+torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor direction, int64_t groups,
+                         int64_t stride_w, int64_t isa);
+torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tensor weight, int64_t cin, int64_t cout, int64_t kh,
+                            int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                            int64_t groups, torch::Tensor step_codes, torch::Tensor step_params,
+                            c10::optional<torch::Tensor> residual, int64_t isa);
+
+// pooling.cpp: float32 NCHW pooling, bit-identical to F.max_pool2d / F.avg_pool2d (ATen's NCHW CPU kernels)
+torch::Tensor max_pool2d_nchw(torch::Tensor x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                              int64_t pw, int64_t dh, int64_t dw, bool ceil_mode, int64_t isa);
+torch::Tensor avg_pool2d_nchw(torch::Tensor x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                              int64_t pw, bool ceil_mode, bool count_include_pad,
+                              c10::optional<int64_t> divisor_override, int64_t isa);
+
+}  // namespace bnn

@@ -1,0 +1,105 @@
+r"""Fuse the elementwise operations after a packed binary convolution into its epilogue.
+
+In a ReActNet / A&B block the binary convolution is followed by a chain of elementwise operations: a scale
+(``0.25 * out``), the residual addition, an RPReLU (shift, PReLU, shift). Each costs a pass over the
+feature map in PyTorch; fused, the kernel applies them to each output row while it is in cache, and writes
+the block's output once.
+
+A step is fused only when the layer's output feeds that operation alone, and only for operations whose
+float rounding the kernel reproduces exactly (:data:`bnn.inference.modules.EPILOGUE_STEPS`): a multiply or
+add by a scalar or per-channel constant, the addition of a tensor of the output's shape, PReLU with
+per-channel slopes. The fused graph computes the same values as the unfused one.
+"""
+import collections
+import operator
+from typing import List, Optional, Tuple
+
+import torch
+import torch.fx
+import torch.nn as nn
+
+from ..layers.blocks import LearnableBias, PowerOfTwoRPReLU, RPReLU
+from .modules import PackedBinaryConv2d
+
+__all__ = ["fuse_epilogues"]
+
+_MULTIPLY = {operator.mul, torch.mul}
+_ADD = {operator.add, torch.add}
+Step = Tuple[str, Optional[torch.Tensor]]
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same_tensor(node: torch.fx.Node, like: torch.fx.Node) -> bool:
+    meta, ref = node.meta.get("tensor_meta"), like.meta.get("tensor_meta")
+    return (meta is not None and ref is not None and hasattr(meta, "shape") and hasattr(ref, "shape")
+            and tuple(meta.shape) == tuple(ref.shape) and meta.dtype == ref.dtype == torch.float32)
+
+
+def _module_steps(module: nn.Module, channels: int) -> Optional[List[Step]]:
+    """The epilogue steps of a per-channel elementwise module on (N, C, ...) tensors, or None."""
+    if isinstance(module, (RPReLU, PowerOfTwoRPReLU)) and module.dim == 1:
+        if isinstance(module, PowerOfTwoRPReLU):
+            slope = torch.exp2(torch.round(module.log2_slope.detach()))  # as its forward computes it
+        else:
+            slope = module.slope.detach()
+        return [("add", module.shift_in.detach()), ("prelu", slope), ("add", module.shift_out.detach())]
+    if isinstance(module, nn.PReLU) and module.weight.numel() in (1, channels):
+        return [("prelu", module.weight.detach())]
+    if isinstance(module, LearnableBias) and module.dim == 1:
+        return [("add", module.bias.detach())]
+    return None
+
+
+def _user_steps(gm: torch.fx.GraphModule, user: torch.fx.Node, node: torch.fx.Node, channels: int,
+                has_residual: bool) -> Optional[Tuple[List[Step], Optional[torch.fx.Node]]]:
+    """The steps that replace ``user`` (which consumes ``node``), and the residual tensor it adds, or None."""
+    if user.op == "call_module":
+        if len(user.args) != 1 or user.kwargs:
+            return None
+        steps = _module_steps(gm.get_submodule(user.target), channels)
+        return None if steps is None else (steps, None)
+    if user.op != "call_function" or len(user.args) != 2 or user.kwargs:
+        return None
+    a, b = user.args
+    other = b if a is node else a
+    if (a is node) == (b is node):
+        return None
+    if user.target in _MULTIPLY and _number(other):
+        return [("multiply", torch.tensor(float(other)))], None
+    if user.target in _ADD or (user.target is operator.iadd and a is node):
+        if _number(other):
+            return [("add", torch.tensor(float(other)))], None
+        if isinstance(other, torch.fx.Node) and not has_residual and _same_tensor(other, node):
+            return [("add_residual", None)], other
+    return None
+
+
+def fuse_epilogues(gm: torch.fx.GraphModule) -> int:
+    """Fuse elementwise chains into the packed convolutions of ``gm`` (shapes recorded by ShapeProp);
+    returns the number of operations fused. The graph is modified in place; call ``gm.recompile()``."""
+    calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or calls[node.target] != 1:
+            continue
+        layer = gm.get_submodule(node.target)
+        if type(layer) is not PackedBinaryConv2d or layer.post is not None or layer.emit_dot or len(node.args) != 1:
+            continue
+        while len(node.users) == 1:
+            user = next(iter(node.users))
+            found = _user_steps(gm, user, node, layer.out_channels, layer.fused_residual)
+            if found is None:
+                break
+            steps, residual = found
+            for step, values in steps:
+                layer.fuse(step, values)
+            if residual is not None:
+                user.prepend(node)  # the residual may be computed after the convolution: run it just before
+                node.args = (node.args[0], residual)
+            user.replace_all_uses_with(node)
+            gm.graph.erase_node(user)
+            fused += 1
+    return fused
