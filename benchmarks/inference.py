@@ -1,9 +1,11 @@
 r"""Packed binary inference vs float PyTorch on this CPU, measured side by side in one process.
 
-    python benchmarks/inference.py [--repeats 15] [--threads 1,2] [--batches 1,8] [--skip-layers] [--skip-models]
+    python benchmarks/inference.py [--repeats 15] [--number 10] [--threads 1,2] [--batches 1,8]
+                                   [--skip-layers] [--skip-models]
 
 1. Per layer: ReActNet-18 and ReActNet-A conv shapes, packed binary layer (threshold + pack + XNOR-popcount
-   conv + scale, float in and out) vs ``F.conv2d`` in float32 of the same shape.
+   conv + scale, float in and out) vs ``F.conv2d`` in float32 of the same shape; each contender runs
+   ``--number`` times in a row per round (steady state, as inside a network run over and over).
 2. End to end: ``abbnn_reactnet18`` and ``abbnn_reactnet_a`` (ImageNet stem, 224x224, binarized by
    recipes/abbnn-pow2.yaml, converted) vs float torchvision resnet18 and mobilenet_v2: latency at batch 1,
    throughput at batch 8.
@@ -66,7 +68,7 @@ def bench_layers(args):
                 t = median_times({
                     "float": lambda: F.conv2d(x, weight, stride=stride, padding=k // 2),
                     "binary": lambda: layer(x),
-                }, args.repeats)
+                }, args.repeats, number=args.number)
                 ratio = t["float"] / t["binary"]
                 rows.append((name, batch, threads, ratio))
                 print(f"{name:<32} {batch:>5} {threads:>3} {t['float'] * 1e3:>9.3f} {t['binary'] * 1e3:>10.3f} "
@@ -125,6 +127,7 @@ def bench_models(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--number", type=int, default=10, help="runs of each layer per round (per-layer table)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes for the per-layer table")
     p.add_argument("--skip-layers", action="store_true")

@@ -6,9 +6,13 @@ from typing import Any, Callable, Dict
 __all__ = ["median_times"]
 
 
-def median_times(contenders: Dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> Dict[str, float]:
-    r"""Run every contender ``warmup`` times, then ``repeats`` interleaved rounds (one run of each per round,
-    so that a slow moment of the machine hits all of them); return the median seconds of each.
+def median_times(contenders: Dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                 number: int = 1) -> Dict[str, float]:
+    r"""Run every contender ``warmup`` times, then ``repeats`` interleaved rounds (``number`` runs of each
+    per round, so that a slow moment of the machine hits all of them); return the median seconds per run.
+
+    ``number > 1`` measures a contender in its steady state (its data in cache, as a kernel runs inside a
+    loop), for work much shorter than a millisecond; ``number = 1`` measures each run after the others.
 
     Example::
 
@@ -24,6 +28,7 @@ def median_times(contenders: Dict[str, Callable[[], Any]], repeats: int, warmup:
     for _ in range(repeats):
         for name, run in contenders.items():
             start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(number):
+                run()
+            times[name].append((time.perf_counter() - start) / number)
     return {name: statistics.median(values) for name, values in times.items()}

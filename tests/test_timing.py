@@ -13,3 +13,11 @@ def test_rounds_are_interleaved_after_the_warm_up():
 def test_medians_order_the_contenders():
     t = median_times({"fast": lambda: None, "slow": lambda: time.sleep(0.002)}, repeats=5)
     assert set(t) == {"fast", "slow"} and t["fast"] < 0.002 <= t["slow"]
+
+
+def test_number_runs_each_contender_several_times_per_round_and_reports_seconds_per_run():
+    calls = []
+    t = median_times({"a": lambda: calls.append("a"), "b": lambda: (calls.append("b"), time.sleep(0.001))},
+                     repeats=2, warmup=1, number=3)
+    assert calls == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 2
+    assert 0.001 <= t["b"] < 0.003  # per run, not per round of 3

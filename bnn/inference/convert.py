@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..layers.binarized import BinarizedLayer
-from ..layers.blocks import LearnableBias
+from ..layers.blocks import LearnableBias, PowerOfTwoRPReLU, RPReLU, ScaledStdConv2d
 from ..ops.base import Identity
 from ..ops.scale import BasicScaleBinarizer
 from ..ops.weight import ScaledWeightBinarizer
@@ -195,6 +195,26 @@ def _convert_layer(gm: torch.fx.GraphModule, node: torch.fx.Node, layer: Binariz
     node.args = (source,)
 
 
+def _frozen(module: nn.Module) -> Optional[nn.Module]:
+    """A module whose forward recomputes a function of its parameters each call, with that function computed
+    once: the same operations on the same values, so the same outputs. None for any other module."""
+    if type(module) is ScaledStdConv2d:
+        frozen = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                           module.padding, module.dilation, module.groups, bias=module.bias is not None)
+        frozen.weight = nn.Parameter(module.weight_pre_process(module.weight).detach(), requires_grad=False)
+        if module.bias is not None:
+            frozen.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
+        return frozen
+    if type(module) is PowerOfTwoRPReLU:
+        frozen = RPReLU(module.log2_slope.numel(), dim=module.dim)
+        with torch.no_grad():
+            frozen.shift_in.copy_(module.shift_in)
+            frozen.slope.copy_(torch.exp2(torch.round(module.log2_slope)))  # as its forward computes it
+            frozen.shift_out.copy_(module.shift_out)
+        return frozen.requires_grad_(False)
+    return None
+
+
 def to_inference(model: nn.Module, example_inputs: Inputs) -> "InferenceModel":
     r"""Convert a trained fake-binarized model into an :class:`InferenceModel`.
 
@@ -240,10 +260,13 @@ def to_inference(model: nn.Module, example_inputs: Inputs) -> "InferenceModel":
                 _convert_layer(gm, node, gm.get_submodule(node.target), fold_chain=calls[node.target] == 1)
         fuse_epilogues(gm)
         for node in gm.graph.nodes:
-            if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.MaxPool2d:
+            if node.op != "call_module":
+                continue
+            module = gm.get_submodule(node.target)
+            new = ChannelsLastMaxPool2d.from_module(module) if type(module) is nn.MaxPool2d else _frozen(module)
+            if new is not None:
                 parent, _, child = node.target.rpartition(".")
-                setattr(gm.get_submodule(parent) if parent else gm, child,
-                        ChannelsLastMaxPool2d.from_module(gm.get_submodule(node.target)))
+                setattr(gm.get_submodule(parent) if parent else gm, child, new)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
