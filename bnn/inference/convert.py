@@ -29,7 +29,8 @@ from ..ops.scale import BasicScaleBinarizer
 from ..ops.weight import ScaledWeightBinarizer
 from ..tracing import LeafTracer
 from .fusion import fuse_epilogues
-from .modules import ChannelsLastMaxPool2d, PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer
+from .modules import PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer
+from .pooling import FastAvgPool2d, FastMaxPool2d
 from .thresholds import derive_thresholds
 
 __all__ = ["to_inference", "ConversionError"]
@@ -114,6 +115,10 @@ def _convert_layer(gm: torch.fx.GraphModule, node: torch.fx.Node, layer: Binariz
                               "(supported: Conv1d, Conv2d, Linear)")
     if isinstance(getattr(layer, "padding", 0), str):
         raise ConversionError(f"layer {name!r}: padding={layer.padding!r}; convert needs numeric padding")
+    if not isinstance(layer, nn.Linear) and len(_shape(node.args[0])) != len(layer.kernel_size) + 2:
+        raise ConversionError(f"layer {name!r} saw an unbatched input {_shape(node.args[0])} in the example: "
+                              "convert with a batched example (N, C, ...); the converted model then runs "
+                              "unbatched inputs too")
     wbits, abits = layer.weight_precision, layer.activation_precision
     post = layer.activation_post_process
     post = None if isinstance(post, (Identity, nn.Identity)) else post
@@ -147,9 +152,10 @@ def _convert_layer(gm: torch.fx.GraphModule, node: torch.fx.Node, layer: Binariz
             try:
                 thresholds = derive(chain, source)
                 previous = _packed_producer(gm, source)
-                if previous is not None:
-                    # the previous binary layer feeds only this sign: its scale and bias fold into these
-                    # thresholds too (compares on its integer sums), and it hands over the sums as they are
+                if previous is not None and all(len(n.users) == 1 for n in chain):
+                    # the previous binary layer feeds only this sign (through operations used nowhere else):
+                    # its scale and bias fold into these thresholds too (compares on its integer sums), and it
+                    # hands over the sums as they are
                     thresholds = derive_thresholds(
                         lambda d: binarizer(_replay(gm, chain)(previous.scale_and_bias(d))) > 0,
                         channels, _shape(source), channel_dim)
@@ -263,7 +269,8 @@ def to_inference(model: nn.Module, example_inputs: Inputs) -> "InferenceModel":
             if node.op != "call_module":
                 continue
             module = gm.get_submodule(node.target)
-            new = ChannelsLastMaxPool2d.from_module(module) if type(module) is nn.MaxPool2d else _frozen(module)
+            fast_pool = {nn.MaxPool2d: FastMaxPool2d, nn.AvgPool2d: FastAvgPool2d}.get(type(module))
+            new = fast_pool.from_module(module) if fast_pool is not None else _frozen(module)
             if new is not None:
                 parent, _, child = node.target.rpartition(".")
                 setattr(gm.get_submodule(parent) if parent else gm, child, new)

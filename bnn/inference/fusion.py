@@ -12,7 +12,7 @@ per-channel slopes. The fused graph computes the same values as the unfused one.
 """
 import collections
 import operator
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.fx
@@ -32,10 +32,21 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _scalar(value) -> torch.Tensor:
+    """A Python scalar as float32, rounded once as torch rounds it against a float32 tensor (an int goes
+    int64 -> float32, not through a double)."""
+    return torch.tensor(value).to(torch.float32)
+
+
 def _same_tensor(node: torch.fx.Node, like: torch.fx.Node) -> bool:
     meta, ref = node.meta.get("tensor_meta"), like.meta.get("tensor_meta")
     return (meta is not None and ref is not None and hasattr(meta, "shape") and hasattr(ref, "shape")
             and tuple(meta.shape) == tuple(ref.shape) and meta.dtype == ref.dtype == torch.float32)
+
+
+def _single_value(module: nn.Module) -> bool:
+    """A module whose parameter is one value for all channels (the same on any axis)."""
+    return isinstance(module, nn.PReLU) and module.weight.numel() == 1
 
 
 def _module_steps(module: nn.Module, channels: int) -> Optional[List[Step]]:
@@ -54,7 +65,8 @@ def _module_steps(module: nn.Module, channels: int) -> Optional[List[Step]]:
 
 
 def _user_steps(gm: torch.fx.GraphModule, user: torch.fx.Node, node: torch.fx.Node, channels: int,
-                has_residual: bool) -> Optional[Tuple[List[Step], Optional[torch.fx.Node]]]:
+                has_residual: bool, order: Dict[torch.fx.Node, int]
+                ) -> Optional[Tuple[List[Step], Optional[torch.fx.Node]]]:
     """The steps that replace ``user`` (which consumes ``node``), and the residual tensor it adds, or None."""
     if user.op == "call_module":
         if len(user.args) != 1 or user.kwargs:
@@ -68,11 +80,12 @@ def _user_steps(gm: torch.fx.GraphModule, user: torch.fx.Node, node: torch.fx.No
     if (a is node) == (b is node):
         return None
     if user.target in _MULTIPLY and _number(other):
-        return [("multiply", torch.tensor(float(other)))], None
+        return [("multiply", _scalar(other))], None
     if user.target in _ADD or (user.target is operator.iadd and a is node):
         if _number(other):
-            return [("add", torch.tensor(float(other)))], None
-        if isinstance(other, torch.fx.Node) and not has_residual and _same_tensor(other, node):
+            return [("add", _scalar(other))], None
+        if (isinstance(other, torch.fx.Node) and not has_residual and _same_tensor(other, node)
+                and order[other] < order[node]):
             return [("add_residual", None)], other
     return None
 
@@ -81,6 +94,7 @@ def fuse_epilogues(gm: torch.fx.GraphModule) -> int:
     """Fuse elementwise chains into the packed convolutions of ``gm`` (shapes recorded by ShapeProp);
     returns the number of operations fused. The graph is modified in place; call ``gm.recompile()``."""
     calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     fused = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or calls[node.target] != 1:
@@ -88,17 +102,22 @@ def fuse_epilogues(gm: torch.fx.GraphModule) -> int:
         layer = gm.get_submodule(node.target)
         if type(layer) is not PackedBinaryConv2d or layer.post is not None or layer.emit_dot or len(node.args) != 1:
             continue
+        meta = node.meta.get("tensor_meta")
+        if meta is None or len(getattr(meta, "shape", ())) != (3 if layer.conv1d else 4):
+            continue  # unbatched: the per-channel modules after it act on another axis than the layer's channels
         while len(node.users) == 1:
             user = next(iter(node.users))
-            found = _user_steps(gm, user, node, layer.out_channels, layer.fused_residual)
+            found = _user_steps(gm, user, node, layer.out_channels, layer.fused_residual, order)
             if found is None:
                 break
             steps, residual = found
             for step, values in steps:
                 layer.fuse(step, values)
-            if residual is not None:
-                user.prepend(node)  # the residual may be computed after the convolution: run it just before
-                node.args = (node.args[0], residual)
+            if user.op == "call_module" and not _single_value(gm.get_submodule(user.target)):
+                # its "axis 1" is the channel axis of a batch only: an unbatched (C, H, W) call would differ
+                layer.batched_only = True
+            if residual is not None:  # computed before the convolution (moving the convolution later could
+                node.args = (node.args[0], residual)  # move it past an in-place change of its input)
             user.replace_all_uses_with(node)
             gm.graph.erase_node(user)
             fused += 1

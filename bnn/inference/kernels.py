@@ -74,11 +74,11 @@ def _build():
     try:
         return cpp_extension.load(name=name, **kwargs)
     except (ImportError, OSError):
-        # built, but the library does not load (a broken cache: a truncated .so, a build interrupted
-        # half-way): wipe the build folder and build again under a fresh name (this process may hold the
-        # old name already)
+        # built, but the library does not load (a corrupt cache): wipe the build folder and build again under
+        # the same name (a library that failed to load leaves nothing loaded). A library cut short past its
+        # ELF header is not caught here: the loader dies with SIGBUS before Python sees an error.
         shutil.rmtree(cpp_extension._get_build_directory(name, verbose=False), ignore_errors=True)
-        return cpp_extension.load(name=name + "_rebuilt", **kwargs)
+        return cpp_extension.load(name=name, **kwargs)
 
 
 def extension():

@@ -18,7 +18,7 @@ from . import kernels
 from .packing import binary_conv2d_reference, binary_linear_reference, pack_bits
 from .thresholds import ChannelThresholds
 
-__all__ = ["EPILOGUE_STEPS", "PackedBinaryConv2d", "PackedBinaryLinear", "SignedRealLayer", "ChannelsLastMaxPool2d",
+__all__ = ["EPILOGUE_STEPS", "PackedBinaryConv2d", "PackedBinaryLinear", "SignedRealLayer",
            "is_power_of_two"]
 
 
@@ -162,8 +162,15 @@ class PackedBinaryConv2d(_Epilogue):
             cached = self._kernel_cache = (key, (layout,) + self.epilogue_program())
         return cached[1]
 
+    #: Set by the converter when a per-channel module (RPReLU, PReLU, LearnableBias) was fused: such a module
+    #: works on axis 1, the channels of a batch but not of an unbatched input, so only batches are accepted.
+    batched_only: bool = False
+
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         unbatched = x.dim() == (2 if self.conv1d else 3)
+        if unbatched and self.batched_only:
+            raise ValueError(f"this packed layer fused per-channel operations that act on axis 1 of a batch; "
+                             f"call the model with a batch (N, C, ...), not an unbatched input {tuple(x.shape)}")
         xb = x.unsqueeze(0) if unbatched else x
         rb = residual.unsqueeze(0) if unbatched and residual is not None else residual
         x4 = xb.unsqueeze(2) if self.conv1d else xb
@@ -254,19 +261,3 @@ class SignedRealLayer(nn.Module):
             if self.bias is not None:
                 out = out + self.bias.view(shape)
         return self.post(out, x) if self.post is not None else out
-
-
-class ChannelsLastMaxPool2d(nn.MaxPool2d):
-    r"""``nn.MaxPool2d`` run in channels-last layout: PyTorch's CPU max-pooling kernel is vectorized over
-    channels there, about 10x faster than on NCHW (the stem's 3x3 max-pool of a ResNet costs more than all
-    its binary layers otherwise), conversions included. A maximum is exact in any order: same output."""
-
-    @classmethod
-    def from_module(cls, pool: nn.MaxPool2d) -> "ChannelsLastMaxPool2d":
-        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or self.return_indices:
-            return super().forward(x)
-        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
-

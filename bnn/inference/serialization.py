@@ -23,16 +23,17 @@ from ..ops import base as _ops_base
 from ..ops import scale as _ops_scale
 from ..ops import weight as _ops_weight
 from . import modules as _modules
+from . import pooling as _pooling
 from .packing import pack_bits, unpack_bits
 
 __all__ = ["save_inference", "load_inference", "FORMAT", "VERSION"]
 
 FORMAT = "bnn-inference"
-VERSION = 1
+VERSION = 2  # 2: fused epilogues, phase-split packing, pooling kernels
 
 _MODULE_CLASSES = [
     _modules.PackedBinaryConv2d, _modules.PackedBinaryLinear, _modules.SignedRealLayer,
-    _modules.ChannelsLastMaxPool2d,
+    _pooling.FastMaxPool2d, _pooling.FastAvgPool2d,
     _layers.LearnableBias, _layers.RPReLU, _layers.PowerOfTwoRPReLU, _ops_base.Identity,
     _ops_scale.BasicScaleBinarizer, _ops_scale.XNORScaleBinarizer, _layers.ScaledStdConv2d,
     _ops_weight.ScaledStandardizedWeight,
@@ -259,7 +260,7 @@ def load_inference(path) -> "InferenceModel":
                          "write one with InferenceModel.save")
     if data.get("version") != VERSION:
         raise ValueError(f"{path} is bnn inference format version {data.get('version')}; this bnn reads "
-                         f"version {VERSION}")
+                         f"version {VERSION}: convert the trained model again (bnn.to_inference) and save it")
     try:
         root = nn.Module()
         for name, m in data["modules"].items():

@@ -481,13 +481,17 @@ def test_scale_of_a_binary_layer_folds_into_the_next_threshold():
     assert rows["4"]["multiplications"] == 4 * 24 * 12 * 12  # the last layer keeps its scale: a real add follows
 
 
-def test_max_pooling_runs_channels_last_with_the_same_output():
-    from bnn.inference.modules import ChannelsLastMaxPool2d
+def test_pooling_runs_on_the_kernels_with_the_same_output():
+    from bnn.inference.pooling import FastAvgPool2d, FastMaxPool2d
     model = bnn.prepare_binary_model(
         torchvision.models.resnet18(num_classes=10),
         bnn.BConfig(activation_pre_process=bnn.ops.RSign, weight_pre_process=bnn.ops.XNORWeightBinarizer),
         ignore_layers_name=["_first_", "_last_"]).eval()
     x = torch.randn(2, 3, 64, 64)
     fast = to_inference(model, x)
-    assert isinstance(fast.graph_module.maxpool, ChannelsLastMaxPool2d)
+    assert isinstance(fast.graph_module.maxpool, FastMaxPool2d)
     assert torch.equal(fast(x), model(x))
+    pooled = nn.Sequential(nn.AvgPool2d(2), model)
+    fast = to_inference(pooled, x)
+    assert isinstance(fast.graph_module.get_submodule("0"), FastAvgPool2d)
+    assert torch.equal(fast(x), pooled(x))

@@ -251,26 +251,27 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
   if (stride_w * wp != w) words.zero_();  // the phases' last words past the row's end are never read
   const bool simd = capped_isa(isa) == Isa::avx512;
   constexpr int64_t kBlock = 32;
-  const int64_t row_blocks = (w + kBlock - 1) / kBlock;
-  // one task = one image, one row, one word of 64 channels, up to 32 pixels of the row
-  at::parallel_for(0, n * h * groups * wg * row_blocks, 16, [&](int64_t begin, int64_t end) {
+  // one task = one image, one row, one word of 64 channels; the row in blocks of 32 pixels, so that each of
+  // the 64 channel rows is read front to back (the hardware prefetcher follows)
+  at::parallel_for(0, n * h * groups * wg, 4, [&](int64_t begin, int64_t end) {
     uint64_t block[kBlock];
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t rb = task % row_blocks, word_index = task / row_blocks;
-      const int64_t wd = word_index % wg, g = (word_index / wg) % groups, row = word_index / (wg * groups);
+      const int64_t wd = task % wg, g = (task / wg) % groups, row = task / (wg * groups);
       const int64_t img = row / h, y = row % h;
-      const int64_t p0 = rb * kBlock, np = std::min(kBlock, w - p0);
       const int64_t c_begin = g * cg + wd * 64, nc = std::min<int64_t>(64, cg - wd * 64);
-      const float* src = xp + (img * c + c_begin) * pixels + y * w + p0;
-      if (simd) avx512::pack_block(src, tp + c_begin, dp + c_begin, pixels, np, nc, block);
-      else portable::pack_block(src, tp + c_begin, dp + c_begin, pixels, np, nc, block);
       uint64_t* dst = out + (((img * h + y) * groups + g) * wg + wd) * stride_w * wp;
-      if (stride_w == 1) {
-        std::copy(block, block + np, dst + p0);
-      } else {
-        for (int64_t j = 0; j < np; ++j) {
-          const int64_t col = p0 + j;
-          dst[(col % stride_w) * wp + col / stride_w] = block[j];
+      for (int64_t p0 = 0; p0 < w; p0 += kBlock) {
+        const int64_t np = std::min(kBlock, w - p0);
+        const float* src = xp + (img * c + c_begin) * pixels + y * w + p0;
+        if (simd) avx512::pack_block(src, tp + c_begin, dp + c_begin, pixels, np, nc, block);
+        else portable::pack_block(src, tp + c_begin, dp + c_begin, pixels, np, nc, block);
+        if (stride_w == 1) {
+          std::copy(block, block + np, dst + p0);
+        } else {
+          for (int64_t j = 0; j < np; ++j) {
+            const int64_t col = p0 + j;
+            dst[(col % stride_w) * wp + col / stride_w] = block[j];
+          }
         }
       }
     }

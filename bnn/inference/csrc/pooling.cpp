@@ -41,8 +41,8 @@ struct AvgGeom {
 }  // namespace
 
 namespace pool_portable {
-// Plain C++ on 4 lanes: GCC / Clang generic vectors, which every target lowers to its baseline vector
-// instructions (SSE2 on x86-64, NEON on AArch64) or to scalar code.
+// Plain C++ on 4 lanes: GCC / Clang generic vectors, which the compiler lowers to the baseline vector
+// instructions (SSE2 on x86-64; this file is compiled without -mavx).
 struct Ops {
   static constexpr int64_t V = 4;
   typedef float vec __attribute__((vector_size(16)));
@@ -84,7 +84,7 @@ struct Ops {
   static inline vec gather(const float* p, int64_t s) {
     const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                            _mm256_set1_epi32(static_cast<int>(s)));
-    return _mm256_i32gather_ps(p, idx, 4);
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, idx, _mm256_castsi256_ps(_mm256_set1_epi32(-1)), 4);
   }
   static inline void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
   static inline void store_n(float* p, vec v, int64_t n) {  // the first n lanes
@@ -118,7 +118,7 @@ struct Ops {
   static inline vec gather(const float* p, int64_t s) {
     const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32(static_cast<int>(s)));
-    return _mm512_i32gather_ps(idx, p, 4);
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), static_cast<__mmask16>(0xFFFF), idx, p, 4);
   }
   static inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
   static inline void store_n(float* p, vec v, int64_t n) {  // the first n lanes
