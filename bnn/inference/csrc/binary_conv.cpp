@@ -39,30 +39,6 @@ struct Epilogue {
   const float* residual;  // NCHW like the output, or null
 };
 
-// The epilogue of one channel's output row: float(sum), then the steps in order, as the torch ops they
-// replace round them (each its own loop, so that it vectorizes; no fused multiply-add).
-inline void finish_row_loops(const Epilogue& e, const int32_t* sums, float* dst, const float* residual_row,
-                             int64_t co, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(sums[i]);
-  for (int64_t s = 0; s < e.steps; ++s) {
-    const float p = e.params[s * e.channels + co];
-    switch (e.codes[s]) {
-      case kMultiply:
-        for (int64_t i = 0; i < count; ++i) dst[i] = dst[i] * p;
-        break;
-      case kAdd:
-        for (int64_t i = 0; i < count; ++i) dst[i] = dst[i] + p;
-        break;
-      case kAddResidual:
-        for (int64_t i = 0; i < count; ++i) dst[i] = dst[i] + residual_row[i];
-        break;
-      case kPReLU:
-        for (int64_t i = 0; i < count; ++i) dst[i] = dst[i] > 0.0f ? dst[i] : p * dst[i];
-        break;
-    }
-  }
-}
-
 // The portable path: "vectors" of one lane (one pixel), plain C++.
 namespace portable {
 using Vec = uint64_t;
@@ -80,10 +56,6 @@ inline Vec vadd(Vec a, Vec b) { return a + b; }
 inline Vec vsub(Vec a, Vec b) { return a - b; }
 inline Vec macc(Vec acc, Mask m, Vec v) { return m ? acc + v : acc; }
 inline void store_i32(int32_t* p, Vec v) { *p = static_cast<int32_t>(static_cast<int64_t>(v)); }
-inline void finish_row(const Epilogue& e, const int32_t* sums, float* dst, const float* residual_row, int64_t co,
-                       int64_t count) {
-  finish_row_loops(e, sums, dst, residual_row, co, count);
-}
 #include "conv_kernel.h"
 }  // namespace portable
 
@@ -121,10 +93,6 @@ inline void store_i32(int32_t* p, Vec v) {
   const __m256i low_halves = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(low_halves));
 }
-inline void finish_row(const Epilogue& e, const int32_t* sums, float* dst, const float* residual_row, int64_t co,
-                       int64_t count) {
-  finish_row_loops(e, sums, dst, residual_row, co, count);
-}
 #include "conv_kernel.h"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -147,28 +115,36 @@ inline Vec vadd(Vec a, Vec b) { return _mm512_add_epi64(a, b); }
 inline Vec vsub(Vec a, Vec b) { return _mm512_sub_epi64(a, b); }
 inline Vec macc(Vec acc, Mask m, Vec v) { return _mm512_mask_add_epi64(acc, m, acc, v); }
 inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi64_epi32(v)); }
-// The epilogue on 16 outputs at a time, all steps applied while they sit in a register (a row of 7 or 14
-// would leave the loops above mostly scalar). Same IEEE operations in the same order.
-inline void finish_row(const Epilogue& e, const int32_t* sums, float* dst, const float* residual_row, int64_t co,
-                       int64_t count) {
-  for (int64_t i = 0; i < count; i += 16) {
-    const __mmask16 m = count - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (count - i)) - 1);
-    __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, sums + i));
-    for (int64_t s = 0; s < e.steps; ++s) {
-      const __m512 p = _mm512_set1_ps(e.params[s * e.channels + co]);
-      switch (e.codes[s]) {
-        case kMultiply: v = _mm512_mul_ps(v, p); break;
-        case kAdd: v = _mm512_add_ps(v, p); break;
-        case kAddResidual: v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, residual_row + i)); break;
-        case kPReLU:  // where not (v > 0), NaN included: p * v
-          v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NGT_UQ), p, v);
-          break;
+// The epilogue 16 outputs at a time, all steps applied while they sit in a register (one pass over the
+// tile; rows of 7 or 14 outputs would leave loops mostly in their scalar tails). Same IEEE operations in the
+// same order as the torch ops.
+#define BNN_OWN_FINISH_TILE
+inline void finish_tile(const Epilogue& e, const int32_t* tile, float*, int64_t wo_pad, int64_t wo,
+                        int64_t channels, int64_t co0, float* out0, const float* residual0, int64_t channel_stride) {
+  for (int64_t l = 0; l < channels; ++l) {
+    const int32_t* sums = tile + l * wo_pad;
+    float* dst = out0 + l * channel_stride;
+    const float* res = residual0 ? residual0 + l * channel_stride : nullptr;
+    for (int64_t i = 0; i < wo; i += 16) {
+      const __mmask16 m = wo - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (wo - i)) - 1);
+      __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, sums + i));
+      for (int64_t s = 0; s < e.steps; ++s) {
+        const __m512 p = _mm512_set1_ps(e.params[s * e.channels + co0 + l]);
+        switch (e.codes[s]) {
+          case kMultiply: v = _mm512_mul_ps(v, p); break;
+          case kAdd: v = _mm512_add_ps(v, p); break;
+          case kAddResidual: v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + i)); break;
+          case kPReLU:  // where not (v > 0), NaN included: p * v
+            v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NGT_UQ), p, v);
+            break;
+        }
       }
+      _mm512_mask_storeu_ps(dst + i, m, v);
     }
-    _mm512_mask_storeu_ps(dst + i, m, v);
   }
 }
 #include "conv_kernel.h"
+#undef BNN_OWN_FINISH_TILE
 
 // 64 channels x up to 32 pixels of one row: each channel's floats are two compares, whose 16-bit masks
 // set that channel's bit in the pixels' words (masked ORs on four vectors of 8 words).

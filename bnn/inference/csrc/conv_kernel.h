@@ -5,8 +5,8 @@
 // The enclosing namespace provides: Vec (kLanes 64-bit lanes), Mask, kPixelVectors (the register block
 // is kPixelVectors vectors of kLanes output pixels x kChannels output channels), lane_mask, mload (masked
 // load, zeros where the mask is off, no fault there), macc (add where the mask is on), vzero, vbcast, vxor,
-// vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32), and finish_row (the epilogue of one
-// channel's output row).
+// vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32); and finish_tile if it defines
+// BNN_OWN_FINISH_TILE.
 //
 // Vector lanes run over output pixels of one row, so the sums of one output channel are contiguous, as
 // the NCHW output is: no transposition before the epilogue. The packed input is phase-split by the stride
@@ -65,7 +65,54 @@ inline DotBlockFn dot_block_for(int p) {
   }
 }
 
-// Tasks [task_begin, task_end) of task = (row * G + g) * blocks + b, row = n * Ho + oh.
+#ifndef BNN_OWN_FINISH_TILE
+// The epilogue of a task's tile (channels x wo_pad sums): float(sum), then the steps in order, each over
+// the whole tile (one dispatch per step, contiguous loops that vectorize), rounded as the torch ops they
+// replace (no fused multiply-add: -ffp-contract=off); then each channel's row is written out.
+inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_t wo_pad, int64_t wo,
+                        int64_t channels, int64_t co0, float* out0, const float* residual0, int64_t channel_stride) {
+  const int64_t n = channels * wo_pad;
+  for (int64_t i = 0; i < n; ++i) f[i] = static_cast<float>(tile[i]);
+  for (int64_t s = 0; s < e.steps; ++s) {
+    const float* prm = e.params + s * e.channels + co0;
+    switch (e.codes[s]) {
+      case kMultiply:
+        for (int64_t l = 0; l < channels; ++l) {
+          float* row = f + l * wo_pad;
+          const float p = prm[l];
+          for (int64_t i = 0; i < wo_pad; ++i) row[i] = row[i] * p;
+        }
+        break;
+      case kAdd:
+        for (int64_t l = 0; l < channels; ++l) {
+          float* row = f + l * wo_pad;
+          const float p = prm[l];
+          for (int64_t i = 0; i < wo_pad; ++i) row[i] = row[i] + p;
+        }
+        break;
+      case kAddResidual:
+        for (int64_t l = 0; l < channels; ++l) {
+          float* row = f + l * wo_pad;
+          const float* r = residual0 + l * channel_stride;
+          for (int64_t i = 0; i < wo; ++i) row[i] = row[i] + r[i];
+        }
+        break;
+      case kPReLU:
+        for (int64_t l = 0; l < channels; ++l) {
+          float* row = f + l * wo_pad;
+          const float p = prm[l];
+          for (int64_t i = 0; i < wo_pad; ++i) row[i] = row[i] > 0.0f ? row[i] : p * row[i];
+        }
+        break;
+    }
+  }
+  for (int64_t l = 0; l < channels; ++l) std::copy(f + l * wo_pad, f + l * wo_pad + wo, out0 + l * channel_stride);
+}
+#endif
+
+// Tasks [task_begin, task_end) of task = ((n * G + g) * blocks + b) * Ho + oh: consecutive tasks are
+// consecutive rows of the same channels, so that the output and residual rows are read and written as
+// sequential streams and the block's weights stay in cache.
 inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* wt, const Epilogue& e, float* out,
                        int64_t task_begin, int64_t task_end) {
   const int64_t blocks = (s.cob + kChannels - 1) / kChannels;
@@ -93,11 +140,12 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
   std::vector<int64_t> tap_in(ktaps), tap_w(ktaps), n_valid(wo_pad);
   std::vector<int> tap_col(ktaps);
   std::vector<int32_t> tile(kChannels * wo_pad);
+  std::vector<float> ftile(kChannels * wo_pad);
   const int64_t row_words = s.groups * s.wg * s.sw * s.wp;  // one input row, all groups and words
   const int64_t word_stride = s.sw * s.wp;                  // from one word of 64 channels to the next
   for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t b = task % blocks, g = (task / blocks) % s.groups, row = task / (blocks * s.groups);
-    const int64_t n = row / s.ho, oh = row % s.ho, c0 = b * kChannels;
+    const int64_t oh = task % s.ho, b = (task / s.ho) % blocks, g = (task / (s.ho * blocks)) % s.groups;
+    const int64_t n = task / (s.ho * blocks * s.groups), c0 = b * kChannels;
     const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
     if (channels <= 0) continue;
     int64_t taps = 0, rows = 0;
@@ -122,10 +170,8 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
                        wo_pad);
       v += p;
     }
-    for (int64_t l = 0; l < channels; ++l) {
-      const int64_t co = g * s.cout_g + c0 + l;
-      const int64_t offset = ((n * s.cout + co) * s.ho + oh) * s.wo;
-      finish_row(e, tile.data() + l * wo_pad, out + offset, e.residual ? e.residual + offset : nullptr, co, s.wo);
-    }
+    const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
+    finish_tile(e, tile.data(), ftile.data(), wo_pad, s.wo, channels, co0, out + offset,
+                e.residual ? e.residual + offset : nullptr, s.ho * s.wo);
   }
 }
