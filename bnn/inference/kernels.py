@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 import warnings
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -103,13 +103,20 @@ def extension():
 
 def kernel_isa() -> Optional[int]:
     """The code path the kernels run (0 portable, 1 AVX2, 2 AVX-512), capped by ``BNN_KERNELS``; None
-    when they are not available."""
+    when they are not available. (Called by every packed layer: the answer is memoized per setting.)"""
+    setting = os.environ.get("BNN_KERNELS", "").lower()
+    if setting in _isa_by_setting:
+        return _isa_by_setting[setting]
     ext = extension()
     if ext is None:
-        return None
+        return None  # not memoized: BNN_KERNELS=reference, or the build failed (extension() remembers that)
     best = int(ext.cpu_isa())
-    cap = {v: k for k, v in ISA_NAMES.items()}.get(os.environ.get("BNN_KERNELS", "").lower())
-    return best if cap is None else min(best, cap)
+    cap = {v: k for k, v in ISA_NAMES.items()}.get(setting)
+    _isa_by_setting[setting] = isa = best if cap is None else min(best, cap)
+    return isa
+
+
+_isa_by_setting: Dict[str, int] = {}
 
 
 def conv_weight_layout(weight_bits: torch.Tensor, out_channels: int, in_channels: int, kernel_size, groups: int

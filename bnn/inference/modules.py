@@ -154,7 +154,8 @@ class PackedBinaryConv2d(_Epilogue):
 
     def _kernel_args(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The weights in the kernels' layout and the epilogue program, computed once (per set of buffers)."""
-        key = (self.weight_bits, self.scale, self.bias, self.fused_codes, self.fused_params, self.emit_dot)
+        b = self._buffers  # (not nn.Module.__getattr__: this runs at every call)
+        key = (b["weight_bits"], b["scale"], b["bias"], b["fused_codes"], b["fused_params"], self.emit_dot)
         cached = getattr(self, "_kernel_cache", None)
         if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
             layout = kernels.conv_weight_layout(self.weight_bits, self.out_channels, self.in_channels,
