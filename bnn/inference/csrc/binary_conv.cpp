@@ -156,13 +156,15 @@ void pack_block(const float* x, const float* t, const int8_t* d, int64_t pixels,
   const __mmask16 m1 = np >= 32 ? 0xffff : (np <= 16 ? 0 : static_cast<__mmask16>((1u << (np - 16)) - 1));
   for (int64_t bit = 0; bit < nc; ++bit) {
     const float* src = x + bit * pixels;
-    uint32_t mask;
+    // the channel's next 32 floats: the next block of this row, or the start of the next row
+    _mm_prefetch(reinterpret_cast<const char*>(src + 32), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(src + 48), _MM_HINT_T0);
+    __mmask16 ka, kb;
     if (d[bit] == 0) {
-      mask = t[bit] > 0.0f ? 0xffffffffu : 0u;
+      ka = kb = t[bit] > 0.0f ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>(0);
     } else {
       const __m512 tv = _mm512_set1_ps(t[bit]);
       const __m512 a = _mm512_maskz_loadu_ps(m0, src), b = _mm512_maskz_loadu_ps(m1, src + 16);
-      __mmask16 ka, kb;
       if (d[bit] > 0) {
         ka = _mm512_cmp_ps_mask(a, tv, _CMP_GE_OQ);
         kb = _mm512_cmp_ps_mask(b, tv, _CMP_GE_OQ);
@@ -170,13 +172,13 @@ void pack_block(const float* x, const float* t, const int8_t* d, int64_t pixels,
         ka = _mm512_cmp_ps_mask(a, tv, _CMP_LE_OQ);
         kb = _mm512_cmp_ps_mask(b, tv, _CMP_LE_OQ);
       }
-      mask = static_cast<uint32_t>(ka) | (static_cast<uint32_t>(kb) << 16);
     }
+    // the halves of the masks select the 8-word vectors, in mask registers (no round trip through GPRs)
     const __m512i one = _mm512_set1_epi64(static_cast<long long>(uint64_t(1) << bit));
-    acc[0] = _mm512_mask_or_epi64(acc[0], static_cast<__mmask8>(mask), acc[0], one);
-    acc[1] = _mm512_mask_or_epi64(acc[1], static_cast<__mmask8>(mask >> 8), acc[1], one);
-    acc[2] = _mm512_mask_or_epi64(acc[2], static_cast<__mmask8>(mask >> 16), acc[2], one);
-    acc[3] = _mm512_mask_or_epi64(acc[3], static_cast<__mmask8>(mask >> 24), acc[3], one);
+    acc[0] = _mm512_mask_or_epi64(acc[0], static_cast<__mmask8>(ka), acc[0], one);
+    acc[1] = _mm512_mask_or_epi64(acc[1], static_cast<__mmask8>(_kshiftri_mask16(ka, 8)), acc[1], one);
+    acc[2] = _mm512_mask_or_epi64(acc[2], static_cast<__mmask8>(kb), acc[2], one);
+    acc[3] = _mm512_mask_or_epi64(acc[3], static_cast<__mmask8>(_kshiftri_mask16(kb, 8)), acc[3], one);
   }
   for (int v = 0; v < 4; ++v) _mm512_storeu_si512(words + 8 * v, acc[v]);
 }

@@ -137,7 +137,11 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
       masks[v * s.kw + j] = m;
     }
   }
-  std::vector<int64_t> tap_in(ktaps), tap_w(ktaps), n_valid(wo_pad);
+  // valid taps x channels of each output pixel, for each count of valid kernel rows (fixed per row)
+  std::vector<int64_t> n_valid((s.kh + 1) * wo_pad);
+  for (int64_t r = 0; r <= s.kh; ++r)
+    for (int64_t ow = 0; ow < wo_pad; ++ow) n_valid[r * wo_pad + ow] = r * valid_cols[ow] * s.cin_g;
+  std::vector<int64_t> tap_in(ktaps), tap_w(ktaps);
   std::vector<int> tap_col(ktaps);
   std::vector<int32_t> tile(kChannels * wo_pad);
   std::vector<float> ftile(kChannels * wo_pad);
@@ -160,13 +164,13 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
         ++taps;
       }
     }
-    for (int64_t ow = 0; ow < wo_pad; ++ow) n_valid[ow] = rows * valid_cols[ow] * s.cin_g;
+    const int64_t* row_valid = n_valid.data() + rows * wo_pad;
     // the row's pixel vectors in blocks of at most kPixelVectors, as even as possible (7 = 3 + 2 + 2)
     const int64_t nblocks = (vectors + kPixelVectors - 1) / kPixelVectors;
     for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
       const int p = static_cast<int>(vectors / nblocks + (blk < vectors % nblocks ? 1 : 0));
       dot_block_for(p)(in + v * kLanes, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob,
-                       wt, masks.data() + v * s.kw, s.kw, n_valid.data() + v * kLanes, tile.data() + v * kLanes,
+                       wt, masks.data() + v * s.kw, s.kw, row_valid + v * kLanes, tile.data() + v * kLanes,
                        wo_pad);
       v += p;
     }
