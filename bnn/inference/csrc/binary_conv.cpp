@@ -115,32 +115,54 @@ inline Vec vadd(Vec a, Vec b) { return _mm512_add_epi64(a, b); }
 inline Vec vsub(Vec a, Vec b) { return _mm512_sub_epi64(a, b); }
 inline Vec macc(Vec acc, Mask m, Vec v) { return _mm512_mask_add_epi64(acc, m, acc, v); }
 inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi64_epi32(v)); }
-// The epilogue 16 outputs at a time, all steps applied while they sit in a register (one pass over the
-// tile; rows of 7 or 14 outputs would leave loops mostly in their scalar tails). Same IEEE operations in the
-// same order as the torch ops.
+// The epilogue on vectors of 16 outputs, four at a time (four chunks of the tile's rows, each with its
+// channel's parameters): one dispatch per step for the four, and four independent chains of float
+// operations to overlap. Same IEEE operations in the same order as the torch ops.
 #define BNN_OWN_FINISH_TILE
 inline void finish_tile(const Epilogue& e, const int32_t* tile, float*, int64_t wo_pad, int64_t wo,
                         int64_t channels, int64_t co0, float* out0, const float* residual0, int64_t channel_stride) {
-  for (int64_t l = 0; l < channels; ++l) {
-    const int32_t* sums = tile + l * wo_pad;
-    float* dst = out0 + l * channel_stride;
-    const float* res = residual0 ? residual0 + l * channel_stride : nullptr;
-    for (int64_t i = 0; i < wo; i += 16) {
-      const __mmask16 m = wo - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (wo - i)) - 1);
-      __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, sums + i));
-      for (int64_t s = 0; s < e.steps; ++s) {
-        const __m512 p = _mm512_set1_ps(e.params[s * e.channels + co0 + l]);
-        switch (e.codes[s]) {
-          case kMultiply: v = _mm512_mul_ps(v, p); break;
-          case kAdd: v = _mm512_add_ps(v, p); break;
-          case kAddResidual: v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + i)); break;
-          case kPReLU:  // where not (v > 0), NaN included: p * v
-            v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NGT_UQ), p, v);
-            break;
-        }
+  constexpr int kGroup = 4;
+  const __mmask16 last = wo % 16 == 0 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (wo % 16)) - 1);
+  int64_t next_row = 0, next_col = 0;  // the next chunk of the tile, row by row
+  while (next_row < channels) {
+    __m512 v[kGroup];
+    __mmask16 m[kGroup];
+    int64_t row[kGroup], col[kGroup];
+    for (int j = 0; j < kGroup; ++j) {
+      if (next_row < channels) {
+        row[j] = next_row;
+        col[j] = next_col;
+        m[j] = next_col + 16 >= wo ? last : static_cast<__mmask16>(0xffff);
+        next_col += 16;
+        if (next_col >= wo) next_col = 0, ++next_row;
+      } else {  // past the end: repeat the last chunk, store nothing
+        row[j] = row[j - 1];
+        col[j] = col[j - 1];
+        m[j] = 0;
       }
-      _mm512_mask_storeu_ps(dst + i, m, v);
+      v[j] = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m[j], tile + row[j] * wo_pad + col[j]));
     }
+    for (int64_t s = 0; s < e.steps; ++s) {
+      const float* prm = e.params + s * e.channels + co0;
+      switch (e.codes[s]) {
+        case kMultiply:
+          for (int j = 0; j < kGroup; ++j) v[j] = _mm512_mul_ps(v[j], _mm512_set1_ps(prm[row[j]]));
+          break;
+        case kAdd:
+          for (int j = 0; j < kGroup; ++j) v[j] = _mm512_add_ps(v[j], _mm512_set1_ps(prm[row[j]]));
+          break;
+        case kAddResidual:
+          for (int j = 0; j < kGroup; ++j)
+            v[j] = _mm512_add_ps(v[j], _mm512_maskz_loadu_ps(m[j], residual0 + row[j] * channel_stride + col[j]));
+          break;
+        case kPReLU:  // where not (v > 0), NaN included: p * v
+          for (int j = 0; j < kGroup; ++j)
+            v[j] = _mm512_mask_mul_ps(v[j], _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_NGT_UQ),
+                                      _mm512_set1_ps(prm[row[j]]), v[j]);
+          break;
+      }
+    }
+    for (int j = 0; j < kGroup; ++j) _mm512_mask_storeu_ps(out0 + row[j] * channel_stride + col[j], m[j], v[j]);
   }
 }
 #include "conv_kernel.h"
