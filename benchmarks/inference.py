@@ -130,7 +130,7 @@ def bench_models(args):
                 x1, x8 = torch.randn(1, 3, 224, 224), torch.randn(8, 3, 224, 224)
                 t1 = median_times({"float": lambda: reference(x1), "binary": lambda: fast(x1)}, args.repeats)
                 t8 = median_times({"float": lambda: reference(x8), "binary": lambda: fast(x8)},
-                                  max(3, args.repeats // 3))
+                                  args.repeats)
                 print(f"{binary_name:<20} {float_name:<14} {threads:>3} "
                       f"{t1['float'] * 1e3:>13.1f} / {t1['binary'] * 1e3:<12.1f} {t1['float'] / t1['binary']:>8.1f}x "
                       f"{8 / t8['float']:>16.1f} / {8 / t8['binary']:<15.1f} {t8['float'] / t8['binary']:>8.1f}x",
