@@ -90,21 +90,80 @@ def _user_steps(gm: torch.fx.GraphModule, user: torch.fx.Node, node: torch.fx.No
     return None
 
 
+def _fusable_layer(gm: torch.fx.GraphModule, node: torch.fx.Node, calls) -> Optional[PackedBinaryConv2d]:
+    """The packed convolution ``node`` calls, if steps can be fused after it: called once, no output scaler,
+    not handing over its sums, a batched output."""
+    if node.op != "call_module" or calls[node.target] != 1:
+        return None
+    layer = gm.get_submodule(node.target)
+    if type(layer) is not PackedBinaryConv2d or layer.post is not None or layer.emit_dot:
+        return None
+    meta = node.meta.get("tensor_meta")
+    if meta is None or len(getattr(meta, "shape", ())) != (3 if layer.conv1d else 4):
+        return None  # unbatched: the per-channel modules after it act on another axis than the layer's channels
+    return layer
+
+
+def _drop_single_cats(gm: torch.fx.GraphModule) -> None:
+    """``torch.cat([x])`` is a copy of ``x``: where ``x`` has no other user, use ``x`` itself (ReActNet-A's
+    blocks concatenate one or two branches), so that what follows can fuse into the layer that made ``x``."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.cat or not node.args:
+            continue
+        tensors = node.args[0]
+        if (isinstance(tensors, (list, tuple)) and len(tensors) == 1 and isinstance(tensors[0], torch.fx.Node)
+                and len(tensors[0].users) == 1):
+            node.replace_all_uses_with(tensors[0])
+            gm.graph.erase_node(node)
+
+
+def _fuse_through_cats(gm: torch.fx.GraphModule, calls) -> int:
+    """``act(torch.cat([conv_a(x), conv_b(y)], dim=1))`` with a per-channel ``act``: each convolution takes
+    its slice of ``act``'s channels (the concatenation stays, the pass of ``act`` goes)."""
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.cat or len(node.users) != 1:
+            continue
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        meta = node.meta.get("tensor_meta")
+        if not isinstance(tensors, (list, tuple)) or meta is None or len(getattr(meta, "shape", ())) != 4 \
+                or dim not in (1, -3):
+            continue
+        user = next(iter(node.users))
+        if user.op != "call_module" or len(user.args) != 1 or user.kwargs:
+            continue
+        module = gm.get_submodule(user.target)
+        steps = _module_steps(module, meta.shape[1])
+        layers = [_fusable_layer(gm, t, calls) if isinstance(t, torch.fx.Node) and len(t.users) == 1 else None
+                  for t in tensors]
+        if steps is None or any(layer is None or layer.conv1d for layer in layers):
+            continue
+        offset = 0
+        for layer in layers:
+            for step, values in steps:
+                if values is not None and values.numel() > 1:
+                    values = values[offset:offset + layer.out_channels]
+                layer.fuse(step, values)
+            layer.batched_only = layer.batched_only or not _single_value(module)
+            offset += layer.out_channels
+        user.replace_all_uses_with(node)
+        gm.graph.erase_node(user)
+        fused += 1
+    return fused
+
+
 def fuse_epilogues(gm: torch.fx.GraphModule) -> int:
     """Fuse elementwise chains into the packed convolutions of ``gm`` (shapes recorded by ShapeProp);
     returns the number of operations fused. The graph is modified in place; call ``gm.recompile()``."""
     calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    _drop_single_cats(gm)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     fused = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or calls[node.target] != 1:
+        layer = _fusable_layer(gm, node, calls)
+        if layer is None or len(node.args) != 1:
             continue
-        layer = gm.get_submodule(node.target)
-        if type(layer) is not PackedBinaryConv2d or layer.post is not None or layer.emit_dot or len(node.args) != 1:
-            continue
-        meta = node.meta.get("tensor_meta")
-        if meta is None or len(getattr(meta, "shape", ())) != (3 if layer.conv1d else 4):
-            continue  # unbatched: the per-channel modules after it act on another axis than the layer's channels
         while len(node.users) == 1:
             user = next(iter(node.users))
             found = _user_steps(gm, user, node, layer.out_channels, layer.fused_residual, order)
@@ -121,4 +180,4 @@ def fuse_epilogues(gm: torch.fx.GraphModule) -> int:
             user.replace_all_uses_with(node)
             gm.graph.erase_node(user)
             fused += 1
-    return fused
+    return fused + _fuse_through_cats(gm, calls)

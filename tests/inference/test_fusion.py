@@ -734,3 +734,54 @@ def test_folded_op_with_a_second_user_keeps_the_scaled_output():
     fast = to_inference(model, x)
     check_outputs(fast, model, x)
 
+
+
+# ------------------------------------------------------------------------ concatenated branches (ReActNet-A)
+
+class CatBlock(nn.Module):
+    """ReActNet-A's pointwise part: ``act(cat([conv_a(x) + x, conv_b(x) + x]))``, or one branch alone."""
+
+    def __init__(self, channels, act, branches, cat_dim=1, extra_user=False):
+        super().__init__()
+        self.branches, self.cat_dim, self.extra_user = branches, cat_dim, extra_user
+        self.conv_a = nn.Conv2d(channels, channels, 1, bias=False)
+        self.conv_b = nn.Conv2d(channels, channels, 1, bias=False)
+        self.act = make_act(act, channels * (branches if cat_dim == 1 else 1))
+
+    def forward(self, x):
+        parts = [self.conv_a(x) + x] + ([self.conv_b(x) + x] if self.branches == 2 else [])
+        joined = torch.cat(parts, dim=self.cat_dim)
+        out = self.act(joined)
+        return out + joined.mean() if self.extra_user else out
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("branches", [1, 2])
+def test_activation_after_a_concatenation_fuses_into_each_branch(branches, act, path, monkeypatch):
+    model, x, fast = converted(("cat", branches, act), lambda: binarized(CatBlock(12, act, branches), seed=50),
+                               example((12, 6, 7, 2), seed=51))
+    use_path(path, monkeypatch)
+    check_outputs(fast, model, x, with_zeros(x), 3 * torch.randn(x.shape))
+    expected = ["add_residual"] + ACT_STEPS[act]
+    assert fused_steps(packed(fast, "conv_a")) == expected
+    if branches == 2:
+        # each branch took its own slice of the activation's channels
+        assert fused_steps(packed(fast, "conv_b")) == expected
+        if act != "prelu-1":
+            assert not torch.equal(packed(fast, "conv_a").fused_params[1:], packed(fast, "conv_b").fused_params[1:])
+        assert call_nodes(fast) == ["conv_a", "conv_b", "cat"]
+    else:  # a concatenation of one tensor is a copy: gone
+        assert call_nodes(fast) == ["conv_a"]
+
+
+@pytest.mark.parametrize("case", ["cat-used-twice", "cat-on-another-axis"])
+def test_concatenation_not_fused(case):
+    block = CatBlock(12, "rprelu", 2, cat_dim=2 if case == "cat-on-another-axis" else 1,
+                     extra_user=case == "cat-used-twice")
+    model = binarized(block, seed=52)
+    x = example((12, 6, 7, 2), seed=53)
+    fast = to_inference(model, x)
+    check_outputs(fast, model, x, with_zeros(x))
+    assert fused_steps(packed(fast, "conv_a")) == fused_steps(packed(fast, "conv_b")) == ["add_residual"]
+    assert "act" in call_nodes(fast)
