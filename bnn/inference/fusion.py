@@ -8,7 +8,9 @@ the block's output once.
 A step is fused only when the layer's output feeds that operation alone, and only for operations whose
 float rounding the kernel reproduces exactly (:data:`bnn.inference.modules.EPILOGUE_STEPS`): a multiply or
 add by a scalar or per-channel constant, the addition of a tensor of the output's shape, PReLU with
-per-channel slopes. The fused graph computes the same values as the unfused one.
+per-channel slopes. A concatenation of one tensor (a copy) is dropped, and a per-channel activation after
+the concatenation of packed convolutions fuses into each of them with its slice of the channels (the blocks
+of ReActNet-A). The fused graph computes the same values as the unfused one.
 """
 import collections
 import operator
