@@ -39,6 +39,17 @@ struct Epilogue {
   const float* residual;  // NCHW like the output, or null
 };
 
+// Where a register block's results go: the output rows of channels co0 .. co0 + channels - 1, from the
+// block's first pixel (valid outputs left in the row from there), or the task's tile.
+struct BlockOut {
+  const Epilogue* e;
+  int64_t co0, channels, channel_stride, valid;
+  float* out;
+  const float* residual;
+  int32_t* tile;
+  int64_t tile_stride;
+};
+
 // The portable path: "vectors" of one lane (one pixel), plain C++.
 namespace portable {
 using Vec = uint64_t;
@@ -115,58 +126,75 @@ inline Vec vadd(Vec a, Vec b) { return _mm512_add_epi64(a, b); }
 inline Vec vsub(Vec a, Vec b) { return _mm512_sub_epi64(a, b); }
 inline Vec macc(Vec acc, Mask m, Vec v) { return _mm512_mask_add_epi64(acc, m, acc, v); }
 inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi64_epi32(v)); }
-// The epilogue on vectors of 16 outputs, four at a time (four chunks of the tile's rows, each with its
-// channel's parameters): one dispatch per step for the four, and four independent chains of float
-// operations to overlap. Same IEEE operations in the same order as the torch ops.
-#define BNN_OWN_FINISH_TILE
-inline void finish_tile(const Epilogue& e, const int32_t* tile, float*, int64_t wo_pad, int64_t wo,
-                        int64_t channels, int64_t co0, float* out0, const float* residual0, int64_t channel_stride) {
-  constexpr int kGroup = 4;
-  const __mmask16 last = wo % 16 == 0 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (wo % 16)) - 1);
-  int64_t next_row = 0, next_col = 0;  // the next chunk of the tile, row by row
-  while (next_row < channels) {
-    __m512 v[kGroup];
-    __mmask16 m[kGroup];
-    int64_t row[kGroup], col[kGroup];
-    for (int j = 0; j < kGroup; ++j) {
-      if (next_row < channels) {
-        row[j] = next_row;
-        col[j] = next_col;
-        m[j] = next_col + 16 >= wo ? last : static_cast<__mmask16>(0xffff);
-        next_col += 16;
-        if (next_col >= wo) next_col = 0, ++next_row;
-      } else {  // past the end: repeat the last chunk, store nothing
-        row[j] = row[j - 1];
-        col[j] = col[j - 1];
-        m[j] = 0;
-      }
-      v[j] = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m[j], tile + row[j] * wo_pad + col[j]));
+// The epilogue on the register block itself: its sums, two vectors of 8 pixels at a time, become 16
+// floats (int32, then float, as the reference converts its int32 sums); the steps run over the whole block
+// (one dispatch per step); the results go straight to the output rows, with no tile in between. Same IEEE
+// operations in the same order as the torch ops.
+#define BNN_DIRECT_EPILOGUE
+template <int P>
+inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const BlockOut& out) {
+  constexpr int Q = (P + 1) / 2;
+  const Epilogue& e = *out.e;
+  __m512 f[Q][kChannels];
+  __mmask16 m[Q];
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q) {
+    const int64_t lanes = std::min<int64_t>(out.valid - q * 16, (2 * q + 1 < P ? 16 : 8));
+    m[q] = lanes >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << lanes) - 1);
+    const Vec nv_lo = vload(reinterpret_cast<const uint64_t*>(n_valid + 2 * q * kLanes));
+    const Vec nv_hi = 2 * q + 1 < P ? vload(reinterpret_cast<const uint64_t*>(n_valid + (2 * q + 1) * kLanes)) : nv_lo;
+#pragma GCC unroll 16
+    for (int c = 0; c < kChannels; ++c) {
+      const __m256i lo = _mm512_cvtepi64_epi32(vsub(nv_lo, vadd(acc[2 * q][c], acc[2 * q][c])));
+      const __m256i hi = 2 * q + 1 < P ? _mm512_cvtepi64_epi32(vsub(nv_hi, vadd(acc[2 * q + 1 < P ? 2 * q + 1 : 0][c],
+                                                                              acc[2 * q + 1 < P ? 2 * q + 1 : 0][c])))
+                                        : _mm256_setzero_si256();
+      f[q][c] = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
     }
-    for (int64_t s = 0; s < e.steps; ++s) {
-      const float* prm = e.params + s * e.channels + co0;
-      switch (e.codes[s]) {
-        case kMultiply:
-          for (int j = 0; j < kGroup; ++j) v[j] = _mm512_mul_ps(v[j], _mm512_set1_ps(prm[row[j]]));
-          break;
-        case kAdd:
-          for (int j = 0; j < kGroup; ++j) v[j] = _mm512_add_ps(v[j], _mm512_set1_ps(prm[row[j]]));
-          break;
-        case kAddResidual:
-          for (int j = 0; j < kGroup; ++j)
-            v[j] = _mm512_add_ps(v[j], _mm512_maskz_loadu_ps(m[j], residual0 + row[j] * channel_stride + col[j]));
-          break;
-        case kPReLU:  // where not (v > 0), NaN included: p * v
-          for (int j = 0; j < kGroup; ++j)
-            v[j] = _mm512_mask_mul_ps(v[j], _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_NGT_UQ),
-                                      _mm512_set1_ps(prm[row[j]]), v[j]);
-          break;
-      }
-    }
-    for (int j = 0; j < kGroup; ++j) _mm512_mask_storeu_ps(out0 + row[j] * channel_stride + col[j], m[j], v[j]);
   }
+  // per step, one branch, then straight-line code over the block (the block stays in registers; the
+  // parameters are broadcast from memory by each instruction)
+  for (int64_t s = 0; s < e.steps; ++s) {
+    const float* prm = e.params + s * e.channels + out.co0;
+#define BNN_PARAM(c) _mm512_set1_ps(prm[(c) < out.channels ? (c) : 0])
+    switch (e.codes[s]) {
+      case kMultiply:
+#pragma GCC unroll 16
+        for (int c = 0; c < kChannels; ++c)
+#pragma GCC unroll 4
+          for (int q = 0; q < Q; ++q) f[q][c] = _mm512_mul_ps(f[q][c], BNN_PARAM(c));
+        break;
+      case kAdd:
+#pragma GCC unroll 16
+        for (int c = 0; c < kChannels; ++c)
+#pragma GCC unroll 4
+          for (int q = 0; q < Q; ++q) f[q][c] = _mm512_add_ps(f[q][c], BNN_PARAM(c));
+        break;
+      case kAddResidual:
+#pragma GCC unroll 16
+        for (int c = 0; c < kChannels; ++c)
+#pragma GCC unroll 4
+          for (int q = 0; q < Q; ++q)
+            f[q][c] = _mm512_add_ps(f[q][c], _mm512_maskz_loadu_ps(c < out.channels ? m[q] : static_cast<__mmask16>(0),
+                                                                   out.residual + c * out.channel_stride + q * 16));
+        break;
+      case kPReLU:  // where not (v > 0), NaN included: p * v
+#pragma GCC unroll 16
+        for (int c = 0; c < kChannels; ++c)
+#pragma GCC unroll 4
+          for (int q = 0; q < Q; ++q)
+            f[q][c] = _mm512_mask_mul_ps(f[q][c], _mm512_cmp_ps_mask(f[q][c], _mm512_setzero_ps(), _CMP_NGT_UQ),
+                                         BNN_PARAM(c), f[q][c]);
+        break;
+    }
+#undef BNN_PARAM
+  }
+  for (int c = 0; c < out.channels; ++c)
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) _mm512_mask_storeu_ps(out.out + c * out.channel_stride + q * 16, m[q], f[q][c]);
 }
 #include "conv_kernel.h"
-#undef BNN_OWN_FINISH_TILE
+#undef BNN_DIRECT_EPILOGUE
 
 // 64 channels x up to 32 pixels of one row: each channel's floats are two compares, whose 16-bit masks
 // set that channel's bit in the pixels' words (masked ORs on four vectors of 8 words).

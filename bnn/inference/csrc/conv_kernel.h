@@ -5,8 +5,9 @@
 // The enclosing namespace provides: Vec (kLanes 64-bit lanes), Mask, kPixelVectors (the register block
 // is kPixelVectors vectors of kLanes output pixels x kChannels output channels), lane_mask, mload (masked
 // load, zeros where the mask is off, no fault there), macc (add where the mask is on), vzero, vbcast, vxor,
-// vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32); and finish_tile if it defines
-// BNN_OWN_FINISH_TILE.
+// vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32); and, if it defines BNN_DIRECT_EPILOGUE,
+// finish_block, which runs the epilogue on a register block and writes the output (else the sums go to a
+// tile, and finish_tile runs the epilogue on it).
 //
 // Vector lanes run over output pixels of one row, so the sums of one output channel are contiguous, as
 // the NCHW output is: no transposition before the epilogue. The packed input is phase-split by the stride
@@ -15,11 +16,26 @@
 //
 // One task computes one output row (image n, row oh) of one group and kChannels output channels.
 
+#ifndef BNN_DIRECT_EPILOGUE
+// The sums of a register block, n_valid - 2 * popcounts, into the task's int32 tile (finish_tile runs the
+// epilogue over the whole tile afterwards).
+template <int P>
+inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const BlockOut& out) {
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    const Vec nv = vload(reinterpret_cast<const uint64_t*>(n_valid + p * kLanes));
+#pragma GCC unroll 16
+    for (int c = 0; c < kChannels; ++c)
+      store_i32(out.tile + c * out.tile_stride + p * kLanes, vsub(nv, vadd(acc[p][c], acc[p][c])));
+  }
+}
+#endif
+
 // Sums of kChannels output channels for P vectors of pixels over `taps` taps of `wg` words.
 template <int P>
 inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_col,
                       int64_t taps, int64_t wg, int64_t in_word_stride, int64_t cob, const uint64_t* wt,
-                      const uint8_t* masks, int64_t kw, const int64_t* n_valid, int32_t* tile, int64_t tile_stride) {
+                      const uint8_t* masks, int64_t kw, const int64_t* n_valid, const BlockOut& out) {
   Vec acc[P][kChannels];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p)
@@ -44,16 +60,11 @@ inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* 
       }
     }
   }
-#pragma GCC unroll 8
-  for (int p = 0; p < P; ++p) {
-    const Vec nv = vload(reinterpret_cast<const uint64_t*>(n_valid + p * kLanes));
-#pragma GCC unroll 16
-    for (int c = 0; c < kChannels; ++c) store_i32(tile + c * tile_stride + p * kLanes, vsub(nv, vadd(acc[p][c], acc[p][c])));
-  }
+  finish_block<P>(acc, n_valid, out);
 }
 
 using DotBlockFn = void (*)(const uint64_t*, const int64_t*, const int64_t*, const int*, int64_t, int64_t, int64_t,
-                            int64_t, const uint64_t*, const uint8_t*, int64_t, const int64_t*, int32_t*, int64_t);
+                            int64_t, const uint64_t*, const uint8_t*, int64_t, const int64_t*, const BlockOut&);
 
 inline DotBlockFn dot_block_for(int p) {
   static_assert(kPixelVectors <= 4, "extend the table below");
@@ -65,7 +76,7 @@ inline DotBlockFn dot_block_for(int p) {
   }
 }
 
-#ifndef BNN_OWN_FINISH_TILE
+#ifndef BNN_DIRECT_EPILOGUE
 // The epilogue of a task's tile (channels x wo_pad sums): float(sum), then the steps in order, each over
 // the whole tile (one dispatch per step, contiguous loops that vectorize), rounded as the torch ops they
 // replace (no fused multiply-add: -ffp-contract=off); then each channel's row is written out.
@@ -165,17 +176,21 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
       }
     }
     const int64_t* row_valid = n_valid.data() + rows * wo_pad;
+    const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
     // the row's pixel vectors in blocks of at most kPixelVectors, as even as possible (7 = 3 + 2 + 2)
     const int64_t nblocks = (vectors + kPixelVectors - 1) / kPixelVectors;
     for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
       const int p = static_cast<int>(vectors / nblocks + (blk < vectors % nblocks ? 1 : 0));
-      dot_block_for(p)(in + v * kLanes, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob,
-                       wt, masks.data() + v * s.kw, s.kw, row_valid + v * kLanes, tile.data() + v * kLanes,
-                       wo_pad);
+      const int64_t ow0 = v * kLanes;
+      const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, out + offset + ow0,
+                           e.residual ? e.residual + offset + ow0 : nullptr, tile.data() + ow0, wo_pad};
+      dot_block_for(p)(in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob, wt,
+                       masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
       v += p;
     }
-    const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
+#ifndef BNN_DIRECT_EPILOGUE
     finish_tile(e, tile.data(), ftile.data(), wo_pad, s.wo, channels, co0, out + offset,
                 e.residual ? e.residual + offset : nullptr, s.ho * s.wo);
+#endif
   }
 }
