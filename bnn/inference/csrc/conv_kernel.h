@@ -154,8 +154,13 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
     for (int64_t ow = 0; ow < wo_pad; ++ow) n_valid[r * wo_pad + ow] = r * valid_cols[ow] * s.cin_g;
   std::vector<int64_t> tap_in(ktaps), tap_w(ktaps);
   std::vector<int> tap_col(ktaps);
+#ifdef BNN_DIRECT_EPILOGUE
+  int32_t* const tile_data = nullptr;  // the epilogue runs on the register blocks: no tile
+#else
   std::vector<int32_t> tile(kChannels * wo_pad);
   std::vector<float> ftile(kChannels * wo_pad);
+  int32_t* const tile_data = tile.data();
+#endif
   const int64_t row_words = s.groups * s.wg * s.sw * s.wp;  // one input row, all groups and words
   const int64_t word_stride = s.sw * s.wp;                  // from one word of 64 channels to the next
   for (int64_t task = task_begin; task < task_end; ++task) {
@@ -183,7 +188,8 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
       const int p = static_cast<int>(vectors / nblocks + (blk < vectors % nblocks ? 1 : 0));
       const int64_t ow0 = v * kLanes;
       const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, out + offset + ow0,
-                           e.residual ? e.residual + offset + ow0 : nullptr, tile.data() + ow0, wo_pad};
+                           e.residual ? e.residual + offset + ow0 : nullptr,
+                           tile_data ? tile_data + ow0 : nullptr, wo_pad};
       dot_block_for(p)(in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob, wt,
                        masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
       v += p;
