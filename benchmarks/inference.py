@@ -65,7 +65,7 @@ def kernel_only(layer, x):
     packed = ext.pack_input(x, layer.threshold, layer.direction, layer.groups, layer.stride[1], isa)
     geometry = (*layer.kernel_size, *layer.stride, *layer.padding, *layer.dilation, layer.groups)
     return lambda: ext.binary_conv2d(packed, x.shape[-1], weight, layer.in_channels, layer.out_channels, *geometry,
-                                     codes, params, None, isa)
+                                     codes, params, None, None, None, None, 0, isa)
 
 
 def bench_layers(args):

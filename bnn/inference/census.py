@@ -56,6 +56,8 @@ def _conv_macs(m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
 
 def _module_counts(m: nn.Module, args, out) -> Dict[str, int]:
     c: Dict[str, int] = defaultdict(int)
+    if isinstance(m, PackedBinaryConv2d) and m.next_groups:
+        out = out[0]  # (output, the next layer's packed input): its compares are counted by that layer
     inp = args[0] if args else None
     n_out, n_in = _numel(out), _numel(inp)
     if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear)):

@@ -11,6 +11,10 @@ add by a scalar or per-channel constant, the addition of a tensor of the output'
 per-channel slopes. A concatenation of one tensor (a copy) is dropped, and a per-channel activation after
 the concatenation of packed convolutions fuses into each of them with its slice of the channels (the blocks
 of ReActNet-A). The fused graph computes the same values as the unfused one.
+
+:func:`hand_over_bits` then fuses the next binary layer's input compare into the epilogue: a packed
+convolution whose output goes straight into another one also writes that layer's packed input bits, which
+the other layer takes instead of packing its input itself.
 """
 import collections
 import operator
@@ -23,7 +27,7 @@ import torch.nn as nn
 from ..layers.blocks import LearnableBias, PowerOfTwoRPReLU, RPReLU
 from .modules import PackedBinaryConv2d
 
-__all__ = ["fuse_epilogues"]
+__all__ = ["fuse_epilogues", "hand_over_bits"]
 
 _MULTIPLY = {operator.mul, torch.mul}
 _ADD = {operator.add, torch.add}
@@ -183,3 +187,46 @@ def fuse_epilogues(gm: torch.fx.GraphModule) -> int:
             gm.graph.erase_node(user)
             fused += 1
     return fused + _fuse_through_cats(gm, calls)
+
+
+def _bytes_align(groups: int, channels: int) -> bool:
+    """8 channels to a byte of every group's words: the epilogue writes one byte per block of 8 channels."""
+    return groups == 1 or (channels // groups) % 8 == 0
+
+
+def hand_over_bits(gm: torch.fx.GraphModule) -> int:
+    """Where a packed 2-d convolution's output is the input of another packed convolution, make the first
+    write the second's packed input in its epilogue (:meth:`PackedBinaryConv2d.hand_bits_to`): its node then
+    returns ``(output, bits)``, its users take ``[0]``, the second layer ``packed=[1]``. One consumer per
+    layer (the first in graph order). Returns the number of hand-overs; call ``gm.recompile()``."""
+    calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    linked = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or calls[node.target] != 1:
+            continue
+        producer = gm.get_submodule(node.target)
+        meta = node.meta.get("tensor_meta")
+        if (type(producer) is not PackedBinaryConv2d or producer.post is not None or producer.conv1d
+                or meta is None or len(getattr(meta, "shape", ())) != 4 or meta.dtype != torch.float32
+                or not _bytes_align(producer.groups, producer.out_channels)):
+            continue
+        consumer_node = None
+        for user in node.users:  # (insertion order = graph order)
+            if user.op != "call_module" or not user.args or user.args[0] is not node or "packed" in user.kwargs:
+                continue
+            consumer = gm.get_submodule(user.target)
+            if (type(consumer) is PackedBinaryConv2d and not consumer.conv1d
+                    and _bytes_align(consumer.groups, consumer.in_channels)):
+                consumer_node = user
+                break
+        if consumer_node is None:
+            continue
+        producer.hand_bits_to(gm.get_submodule(consumer_node.target))
+        with gm.graph.inserting_after(node):
+            output = gm.graph.call_function(operator.getitem, (node, 0))
+        node.replace_all_uses_with(output, delete_user_cb=lambda user: user is not output)
+        with gm.graph.inserting_after(output):
+            bits = gm.graph.call_function(operator.getitem, (node, 1))
+        consumer_node.kwargs = {**consumer_node.kwargs, "packed": bits}
+        linked += 1
+    return linked

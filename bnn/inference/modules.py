@@ -152,6 +152,34 @@ class PackedBinaryConv2d(_Epilogue):
     def input_bits(self, x: torch.Tensor) -> torch.Tensor:
         return ChannelThresholds(self.threshold, self.direction).bits(x, 1)
 
+    #: Set by :meth:`hand_bits_to`: the next layer's groups and horizontal stride (0: no hand-over).
+    next_groups: int = 0
+    next_stride: int = 0
+
+    def hand_bits_to(self, layer: "PackedBinaryConv2d") -> None:
+        """Make this layer's kernel epilogue also write ``layer``'s packed input (its compare with
+        ``layer``'s thresholds, in its layout): ``forward`` then returns ``(output, bits)``, and ``layer`` is
+        called with ``packed=bits``. Only the converter calls this (:func:`bnn.inference.fusion.hand_over_bits`),
+        for 2-d layers whose channels fall in bytes: 8 output channels per block of this layer's groups, 8 input
+        channels per group of ``layer``'s."""
+        if self.conv1d or layer.conv1d or layer.in_channels != self.out_channels:
+            raise ValueError("bits are handed over between 2-d packed convolutions, output to input channels")
+        for groups, channels in ((self.groups, self.out_channels), (layer.groups, layer.in_channels)):
+            if groups != 1 and (channels // groups) % 8:
+                raise ValueError("handing over bits needs 8 channels per group (or one group) on both sides")
+        self.register_buffer("next_threshold", layer.threshold.clone())
+        self.register_buffer("next_direction", layer.direction.clone())
+        self.next_groups, self.next_stride = layer.groups, layer.stride[1]
+
+    def _next_input(self, n: int, h: int, w: int) -> torch.Tensor:
+        """The words of the next layer's packed input for an output of ``n`` x ``h`` x ``w``: zeros where the
+        epilogue writes nothing (the padding of a group's last word, the phases' words past the row's end)."""
+        cin_g = self.out_channels // self.next_groups
+        wp = -(-w // self.next_stride)
+        shape = (n, h, self.next_groups, -(-cin_g // 64), self.next_stride, wp)
+        full = cin_g % 64 == 0 and wp * self.next_stride == w
+        return torch.empty(shape, dtype=torch.int64) if full else torch.zeros(shape, dtype=torch.int64)
+
     def _kernel_args(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The weights in the kernels' layout and the epilogue program, computed once (per set of buffers)."""
         b = self._buffers  # (not nn.Module.__getattr__: this runs at every call)
@@ -167,7 +195,11 @@ class PackedBinaryConv2d(_Epilogue):
     #: works on axis 1, the channels of a batch but not of an unbatched input, so only batches are accepted.
     batched_only: bool = False
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                packed: Optional[torch.Tensor] = None):
+        """``x``: the layer's real input; ``residual``: the tensor a fused ``add_residual`` step adds; ``packed``:
+        ``x`` already compared and packed by the previous layer's epilogue (or None). Returns the output, and
+        after :meth:`hand_bits_to` the pair ``(output, next layer's packed input or None)``."""
         unbatched = x.dim() == (2 if self.conv1d else 3)
         if unbatched and self.batched_only:
             raise ValueError(f"this packed layer fused per-channel operations that act on axis 1 of a batch; "
@@ -176,13 +208,22 @@ class PackedBinaryConv2d(_Epilogue):
         rb = residual.unsqueeze(0) if unbatched and residual is not None else residual
         x4 = xb.unsqueeze(2) if self.conv1d else xb
         isa = kernels.kernel_isa() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        next_threshold = self._buffers.get("next_threshold")
+        bits_out = None
         if isa is not None and (rb is None or rb.dtype == torch.float32):
             ext = kernels.extension()
             weight, codes, params = self._kernel_args()
-            packed = ext.pack_input(x4, self.threshold, self.direction, self.groups, self.stride[1], isa)
+            if packed is None:
+                packed = ext.pack_input(x4, self.threshold, self.direction, self.groups, self.stride[1], isa)
             r4 = None if rb is None else (rb.unsqueeze(2) if self.conv1d else rb)
+            if next_threshold is not None:
+                (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+                bits_out = self._next_input(x4.shape[0], (x4.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+                                            (x4.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
             out = ext.binary_conv2d(packed, x4.shape[-1], weight, self.in_channels, self.out_channels, *self.kernel_size,
-                                    *self.stride, *self.padding, *self.dilation, self.groups, codes, params, r4, isa)
+                                    *self.stride, *self.padding, *self.dilation, self.groups, codes, params, r4,
+                                    bits_out, next_threshold, self._buffers.get("next_direction"), self.next_groups,
+                                    isa)
             if self.conv1d:
                 out = out.squeeze(2)
             if self.post is not None and not self.emit_dot:
@@ -194,11 +235,13 @@ class PackedBinaryConv2d(_Epilogue):
             if self.conv1d:
                 dot = dot.squeeze(2)
             out = self._finish(dot, xb, rb)
-        return out.squeeze(0) if unbatched else out
+        out = out.squeeze(0) if unbatched else out
+        return out if next_threshold is None else (out, bits_out)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, {self._epilogue_repr()}")
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, {self._epilogue_repr()}"
+                + (", packs the next layer's input" if self.next_groups else ""))
 
 
 class PackedBinaryLinear(_Epilogue):

@@ -29,7 +29,8 @@ from .packing import pack_bits, unpack_bits
 __all__ = ["save_inference", "load_inference", "FORMAT", "VERSION"]
 
 FORMAT = "bnn-inference"
-VERSION = 2  # 2: fused epilogues, phase-split packing, pooling kernels
+VERSION = 3  # 2: fused epilogues, phase-split packing, pooling kernels; 3: bits handed to the next layer
+_READABLE = (2, 3)  # a version-2 file is a version-3 graph without hand-overs
 
 _MODULE_CLASSES = [
     _modules.PackedBinaryConv2d, _modules.PackedBinaryLinear, _modules.SignedRealLayer,
@@ -258,9 +259,10 @@ def load_inference(path) -> "InferenceModel":
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a bnn inference file (no '{FORMAT}' header); "
                          "write one with InferenceModel.save")
-    if data.get("version") != VERSION:
+    if data.get("version") not in _READABLE:
         raise ValueError(f"{path} is bnn inference format version {data.get('version')}; this bnn reads "
-                         f"version {VERSION}: convert the trained model again (bnn.to_inference) and save it")
+                         f"versions {', '.join(map(str, _READABLE))}: convert the trained model again "
+                         "(bnn.to_inference) and save it")
     try:
         root = nn.Module()
         for name, m in data["modules"].items():

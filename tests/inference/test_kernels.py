@@ -57,3 +57,43 @@ def test_batches_and_threads(batch, threads, monkeypatch):
     x = torch.randn(batch, 67, 7, 6)
     expected = run(layer, x, "reference", monkeypatch)
     assert torch.equal(run(layer, x, PATHS[-1], monkeypatch), expected)
+
+
+def reference_bits(layer, x):
+    """``layer``'s packed input for ``x``, by the pack kernel's portable path (compares of its own)."""
+    return kernels.extension().pack_input(x, layer.threshold, layer.direction, layer.groups, layer.stride[1], 0)
+
+
+# a layer that hands its next layer the packed input: the bits equal that layer's own packing of the output
+# (any groups, stride and padding on either side, channel counts that leave partial bytes and words)
+@settings(max_examples=80, deadline=None)
+@given(cout_groups=st.sampled_from([(8, 1), (37, 1), (64, 1), (72, 1), (130, 1), (16, 2), (48, 3), (64, 8)]),
+       next_groups=st.sampled_from([1, 2, 8]), k=st.sampled_from([1, 3]), next_k=st.sampled_from([1, 2, 3]),
+       stride=st.integers(1, 2), next_stride=st.integers(1, 3), width=st.integers(4, 40),
+       height=st.integers(3, 7), seed=st.integers(0, 99))
+def test_handed_over_bits_match_the_next_layers_own_packing(cout_groups, next_groups, k, next_k, stride,
+                                                           next_stride, width, height, seed):
+    cout, groups = cout_groups
+    assume(cout % next_groups == 0 and (next_groups == 1 or (cout // next_groups) % 8 == 0))
+    first = packed_conv(16, cout, k, stride, k // 2, 1, groups if 16 % groups == 0 else 1, seed)
+    second = packed_conv(cout, 24, next_k, next_stride, next_k // 2, 1, next_groups, seed + 1)
+    first.hand_bits_to(second)
+    x = torch.randn(2, 16, height, width, generator=torch.Generator().manual_seed(seed))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BNN_KERNELS", "reference")
+        out_ref, none = first(x)
+        expected_next = second(out_ref)
+        assert none is None
+        for path in PATHS:
+            mp.setenv("BNN_KERNELS", path)
+            out, bits = first(x)
+            assert torch.equal(out, out_ref), path
+            assert torch.equal(bits, reference_bits(second, out)), path
+            assert torch.equal(second(out, packed=bits), expected_next), path
+
+
+def test_handing_over_needs_whole_bytes_of_channels():
+    with pytest.raises(ValueError, match="8 channels per group"):
+        packed_conv(8, 12, 3, 1, 1, 1, 2, seed=0).hand_bits_to(packed_conv(12, 8, 3, 1, 1, 1, 1, seed=1))
+    with pytest.raises(ValueError, match="8 channels per group"):
+        packed_conv(8, 12, 3, 1, 1, 1, 1, seed=0).hand_bits_to(packed_conv(12, 12, 3, 1, 1, 1, 3, seed=1))

@@ -11,7 +11,9 @@
 // The epilogue is a short program of per-channel steps (multiply, add, add a residual tensor, PReLU) run
 // on the integer sums while they are in cache: the scale and bias of the binary layer and the elementwise
 // operations the converter fused after it. Compiled with -ffp-contract=off: each step rounds like the torch
-// op it replaces (a multiply, then an add; never a fused multiply-add).
+// op it replaces (a multiply, then an add; never a fused multiply-add). When the next layer is a binary
+// convolution too, the epilogue also compares its results with that layer's thresholds and writes them as
+// that layer's packed input (one byte of 8 channels per pixel and block), so the next layer packs nothing.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
@@ -31,23 +33,49 @@ struct ConvShape {
 // Epilogue step codes (bnn/inference/modules.py: EPILOGUE_STEPS).
 enum Step : int64_t { kMultiply = 0, kAdd = 1, kAddResidual = 2, kPReLU = 3 };
 
+// The input bit of the next binary layer, as pack_input computes it: x >= t (direction 1), x <= t (-1),
+// t > 0 (0, a constant channel). NaN gives 0.
+inline bool threshold_bit(float x, float t, int8_t d) { return d > 0 ? x >= t : (d < 0 ? x <= t : t > 0.0f); }
+
+// The word of column w in a row of words phase-split by stride sw (wp words per phase).
+inline int64_t phase_word(int64_t w, int64_t sw, int64_t wp) { return (w % sw) * wp + w / sw; }
+
+// The next binary layer's packed input, written by the epilogue: [N, Ho, G, WG, SW, WP] words (the layout of
+// pack_input, for the output rows), bits from threshold_bit with that layer's per-channel thresholds.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "PackOut writes byte k of a word as its bits 8k..8k+7");
+struct PackOut {
+  uint8_t* data;
+  const float* threshold;
+  const int8_t* direction;
+  int64_t groups, cin_g, wg, sw, wp;
+  // bytes of the words of output pixel 0 of row (n, oh), channels co0 .. co0 + 7 (co0 a multiple of 8 within
+  // the next layer's group)
+  uint8_t* row(int64_t n, int64_t ho, int64_t oh, int64_t co0) const {
+    const int64_t g = co0 / cin_g, ci = co0 % cin_g;
+    return data + ((((n * ho + oh) * groups + g) * wg + ci / 64) * sw * wp) * 8 + (ci % 64) / 8;
+  }
+};
+
 struct Epilogue {
   const int64_t* codes;
   int64_t steps;
   const float* params;  // [steps, channels]
   int64_t channels;
   const float* residual;  // NCHW like the output, or null
+  const PackOut* pack;    // or null
 };
 
 // Where a register block's results go: the output rows of channels co0 .. co0 + channels - 1, from the
-// block's first pixel (valid outputs left in the row from there), or the task's tile.
+// block's first pixel ow0 (valid outputs left in the row from there), or the task's tile; and the bytes of
+// the next layer's packed row (PackOut::row), or null.
 struct BlockOut {
   const Epilogue* e;
-  int64_t co0, channels, channel_stride, valid;
+  int64_t co0, channels, channel_stride, valid, ow0;
   float* out;
   const float* residual;
   int32_t* tile;
   int64_t tile_stride;
+  uint8_t* bits;
 };
 
 // The portable path: "vectors" of one lane (one pixel), plain C++.
@@ -126,72 +154,77 @@ inline Vec vadd(Vec a, Vec b) { return _mm512_add_epi64(a, b); }
 inline Vec vsub(Vec a, Vec b) { return _mm512_sub_epi64(a, b); }
 inline Vec macc(Vec acc, Mask m, Vec v) { return _mm512_mask_add_epi64(acc, m, acc, v); }
 inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi64_epi32(v)); }
-// The epilogue on the register block itself: its sums, two vectors of 8 pixels at a time, become 16
-// floats (int32, then float, as the reference converts its int32 sums); the steps run over the whole block
-// (one dispatch per step); the results go straight to the output rows, with no tile in between. Same IEEE
-// operations in the same order as the torch ops.
+// The epilogue on the register block itself: each channel's sums, two vectors of 8 pixels at a time,
+// become 16 floats (int32, then float, as the reference converts its int32 sums); the steps run on that
+// vector in registers (one predictable branch per step); the results go straight to the output rows, with
+// no tile in between. Same IEEE operations in the same order as the torch ops. With a PackOut, each channel's
+// compare sets its bit in a vector of 16 bytes (one per pixel), stored to the pixels' words at the end.
 #define BNN_DIRECT_EPILOGUE
 template <int P>
 inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const BlockOut& out) {
   constexpr int Q = (P + 1) / 2;
   const Epilogue& e = *out.e;
-  __m512 f[Q][kChannels];
   __mmask16 m[Q];
+  __m512i bits[Q];
+  Vec nv[P];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) nv[p] = vload(reinterpret_cast<const uint64_t*>(n_valid + p * kLanes));
 #pragma GCC unroll 4
   for (int q = 0; q < Q; ++q) {
     const int64_t lanes = std::min<int64_t>(out.valid - q * 16, (2 * q + 1 < P ? 16 : 8));
     m[q] = lanes >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << lanes) - 1);
-    const Vec nv_lo = vload(reinterpret_cast<const uint64_t*>(n_valid + 2 * q * kLanes));
-    const Vec nv_hi = 2 * q + 1 < P ? vload(reinterpret_cast<const uint64_t*>(n_valid + (2 * q + 1) * kLanes)) : nv_lo;
+    bits[q] = _mm512_setzero_si512();
+  }
+  const float* prm0 = e.params + out.co0;
 #pragma GCC unroll 16
-    for (int c = 0; c < kChannels; ++c) {
-      const __m256i lo = _mm512_cvtepi64_epi32(vsub(nv_lo, vadd(acc[2 * q][c], acc[2 * q][c])));
-      const __m256i hi = 2 * q + 1 < P ? _mm512_cvtepi64_epi32(vsub(nv_hi, vadd(acc[2 * q + 1 < P ? 2 * q + 1 : 0][c],
-                                                                              acc[2 * q + 1 < P ? 2 * q + 1 : 0][c])))
+  for (int c = 0; c < kChannels; ++c) {
+    if (c >= out.channels) break;
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) {
+      constexpr int kZero = 0;  // (the index of a vector that exists, for the odd P's missing high half)
+      const int hi_p = 2 * q + 1 < P ? 2 * q + 1 : kZero;
+      const __m256i lo = _mm512_cvtepi64_epi32(vsub(nv[2 * q], vadd(acc[2 * q][c], acc[2 * q][c])));
+      const __m256i hi = 2 * q + 1 < P ? _mm512_cvtepi64_epi32(vsub(nv[hi_p], vadd(acc[hi_p][c], acc[hi_p][c])))
                                         : _mm256_setzero_si256();
-      f[q][c] = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+      __m512 f = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+      const float* prm = prm0 + c;
+      for (int64_t s = 0; s < e.steps; ++s, prm += e.channels) {
+        switch (e.codes[s]) {
+          case kMultiply: f = _mm512_mul_ps(f, _mm512_set1_ps(*prm)); break;
+          case kAdd: f = _mm512_add_ps(f, _mm512_set1_ps(*prm)); break;
+          case kAddResidual:
+            f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(m[q], out.residual + c * out.channel_stride + q * 16));
+            break;
+          case kPReLU:  // where not (v > 0), NaN included: p * v
+            f = _mm512_mask_mul_ps(f, _mm512_cmp_ps_mask(f, _mm512_setzero_ps(), _CMP_NGT_UQ), _mm512_set1_ps(*prm), f);
+            break;
+        }
+      }
+      _mm512_mask_storeu_ps(out.out + c * out.channel_stride + q * 16, m[q], f);
+      if (out.bits) {
+        const float t = e.pack->threshold[out.co0 + c];
+        const int8_t d = e.pack->direction[out.co0 + c];
+        const __mmask16 k = d > 0   ? _mm512_cmp_ps_mask(f, _mm512_set1_ps(t), _CMP_GE_OQ)
+                            : d < 0 ? _mm512_cmp_ps_mask(f, _mm512_set1_ps(t), _CMP_LE_OQ)
+                                    : static_cast<__mmask16>(t > 0.0f ? 0xffff : 0);
+        bits[q] = _mm512_mask_or_epi32(bits[q], k, bits[q], _mm512_set1_epi32(1 << c));
+      }
     }
   }
-  // per step, one branch, then straight-line code over the block (the block stays in registers; the
-  // parameters are broadcast from memory by each instruction)
-  for (int64_t s = 0; s < e.steps; ++s) {
-    const float* prm = e.params + s * e.channels + out.co0;
-#define BNN_PARAM(c) _mm512_set1_ps(prm[(c) < out.channels ? (c) : 0])
-    switch (e.codes[s]) {
-      case kMultiply:
-#pragma GCC unroll 16
-        for (int c = 0; c < kChannels; ++c)
+  if (out.bits) {
+    const PackOut& pk = *e.pack;
 #pragma GCC unroll 4
-          for (int q = 0; q < Q; ++q) f[q][c] = _mm512_mul_ps(f[q][c], BNN_PARAM(c));
-        break;
-      case kAdd:
-#pragma GCC unroll 16
-        for (int c = 0; c < kChannels; ++c)
-#pragma GCC unroll 4
-          for (int q = 0; q < Q; ++q) f[q][c] = _mm512_add_ps(f[q][c], BNN_PARAM(c));
-        break;
-      case kAddResidual:
-#pragma GCC unroll 16
-        for (int c = 0; c < kChannels; ++c)
-#pragma GCC unroll 4
-          for (int q = 0; q < Q; ++q)
-            f[q][c] = _mm512_add_ps(f[q][c], _mm512_maskz_loadu_ps(c < out.channels ? m[q] : static_cast<__mmask16>(0),
-                                                                   out.residual + c * out.channel_stride + q * 16));
-        break;
-      case kPReLU:  // where not (v > 0), NaN included: p * v
-#pragma GCC unroll 16
-        for (int c = 0; c < kChannels; ++c)
-#pragma GCC unroll 4
-          for (int q = 0; q < Q; ++q)
-            f[q][c] = _mm512_mask_mul_ps(f[q][c], _mm512_cmp_ps_mask(f[q][c], _mm512_setzero_ps(), _CMP_NGT_UQ),
-                                         BNN_PARAM(c), f[q][c]);
-        break;
+    for (int q = 0; q < Q; ++q) {
+      alignas(16) uint8_t bytes[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(bits[q]));
+      const int64_t lanes = std::min<int64_t>(out.valid - q * 16, 16), ow = out.ow0 + q * 16;
+      if (pk.sw == 1) {
+        for (int64_t j = 0; j < lanes; ++j) out.bits[(ow + j) * 8] = bytes[j];
+      } else {
+        for (int64_t j = 0; j < lanes; ++j) out.bits[phase_word(ow + j, pk.sw, pk.wp) * 8] = bytes[j];
+      }
     }
-#undef BNN_PARAM
   }
-  for (int c = 0; c < out.channels; ++c)
-#pragma GCC unroll 4
-    for (int q = 0; q < Q; ++q) _mm512_mask_storeu_ps(out.out + c * out.channel_stride + q * 16, m[q], f[q][c]);
 }
 #include "conv_kernel.h"
 #undef BNN_DIRECT_EPILOGUE
@@ -241,43 +274,21 @@ void pack_block(const float* x, const float* t, const int8_t* d, int64_t pixels,
   std::fill(words, words + 32, 0);
   for (int64_t bit = 0; bit < nc; ++bit) {
     const float* src = x + bit * pixels;
-    if (d[bit] > 0) {
-      for (int64_t j = 0; j < np; ++j) words[j] |= static_cast<uint64_t>(src[j] >= t[bit]) << bit;
-    } else if (d[bit] < 0) {
-      for (int64_t j = 0; j < np; ++j) words[j] |= static_cast<uint64_t>(src[j] <= t[bit]) << bit;
-    } else if (t[bit] > 0) {
-      for (int64_t j = 0; j < np; ++j) words[j] |= uint64_t(1) << bit;
-    }
+    for (int64_t j = 0; j < np; ++j) words[j] |= static_cast<uint64_t>(threshold_bit(src[j], t[bit], d[bit])) << bit;
   }
 }
 }  // namespace portable
 
 }  // namespace
 
-// x: float32 [N, C, H, W] -> words [N, H, G, WG, SW, WP], WP = ceil(W / SW): the words of a row are split
-// by column phase (column w at phase w % SW, index w / SW), so that a convolution of stride SW finds the
-// words of consecutive output pixels at consecutive addresses. Bit = x >= t (direction 1), x <= t (-1),
-// t > 0 (0).
-torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor direction, int64_t groups,
-                         int64_t stride_w, int64_t isa) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "pack_input takes a float32 NCHW tensor");
-  TORCH_CHECK(threshold.scalar_type() == torch::kFloat32 && direction.scalar_type() == torch::kInt8,
-              "pack_input: float32 thresholds and int8 directions");
-  TORCH_CHECK(stride_w >= 1, "pack_input: stride must be positive");
-  x = x.contiguous();
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  TORCH_CHECK(groups >= 1 && c % groups == 0, "channels must divide into groups");
-  TORCH_CHECK(threshold.numel() == c && direction.numel() == c, "one threshold and direction per channel");
+// Compare and pack x (float32 NCHW, contiguous) into words [N, H, G, WG, SW, WP], WP = ceil(W / SW): the
+// words of a row are split by column phase (column w at phase w % SW, index w / SW), so that a convolution
+// of stride SW finds the words of consecutive output pixels at consecutive addresses. Bit = threshold_bit.
+// Writes every word of every column; the phases' words past the row's end are left as they are.
+void pack_into(const float* xp, int64_t n, int64_t c, int64_t h, int64_t w, const float* tp, const int8_t* dp,
+               int64_t groups, int64_t stride_w, Isa isa, uint64_t* out) {
   const int64_t cg = c / groups, wg = (cg + 63) / 64, pixels = h * w, wp = (w + stride_w - 1) / stride_w;
-  auto words = torch::empty({n, h, groups, wg, stride_w, wp}, torch::dtype(torch::kInt64));
-  const float* xp = x.data_ptr<float>();
-  auto t_c = threshold.contiguous();
-  auto d_c = direction.contiguous();
-  const float* tp = t_c.data_ptr<float>();
-  const int8_t* dp = d_c.data_ptr<int8_t>();
-  uint64_t* out = reinterpret_cast<uint64_t*>(words.data_ptr<int64_t>());
-  if (stride_w * wp != w) words.zero_();  // the phases' last words past the row's end are never read
-  const bool simd = capped_isa(isa) == Isa::avx512;
+  const bool simd = isa == Isa::avx512;
   constexpr int64_t kBlock = 32;
   // one task = one image, one row, one word of 64 channels; the row in blocks of 32 pixels, so that each of
   // the 64 channel rows is read front to back (the hardware prefetcher follows)
@@ -296,21 +307,39 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
         if (stride_w == 1) {
           std::copy(block, block + np, dst + p0);
         } else {
-          for (int64_t j = 0; j < np; ++j) {
-            const int64_t col = p0 + j;
-            dst[(col % stride_w) * wp + col / stride_w] = block[j];
-          }
+          for (int64_t j = 0; j < np; ++j) dst[phase_word(p0 + j, stride_w, wp)] = block[j];
         }
       }
     }
   });
+}
+
+torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor direction, int64_t groups,
+                         int64_t stride_w, int64_t isa) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "pack_input takes a float32 NCHW tensor");
+  TORCH_CHECK(threshold.scalar_type() == torch::kFloat32 && direction.scalar_type() == torch::kInt8,
+              "pack_input: float32 thresholds and int8 directions");
+  TORCH_CHECK(stride_w >= 1, "pack_input: stride must be positive");
+  x = x.contiguous();
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(groups >= 1 && c % groups == 0, "channels must divide into groups");
+  TORCH_CHECK(threshold.numel() == c && direction.numel() == c, "one threshold and direction per channel");
+  const int64_t wg = (c / groups + 63) / 64, wp = (w + stride_w - 1) / stride_w;
+  auto words = torch::empty({n, h, groups, wg, stride_w, wp}, torch::dtype(torch::kInt64));
+  if (stride_w * wp != w) words.zero_();  // the phases' last words past the row's end are never read
+  auto t_c = threshold.contiguous();
+  auto d_c = direction.contiguous();
+  pack_into(x.data_ptr<float>(), n, c, h, w, t_c.data_ptr<float>(), d_c.data_ptr<int8_t>(), groups, stride_w,
+            capped_isa(isa), reinterpret_cast<uint64_t*>(words.data_ptr<int64_t>()));
   return words;
 }
 
 torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tensor weight, int64_t cin, int64_t cout, int64_t kh,
                             int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                             int64_t groups, torch::Tensor step_codes, torch::Tensor step_params,
-                            c10::optional<torch::Tensor> residual, int64_t isa) {
+                            c10::optional<torch::Tensor> residual, c10::optional<torch::Tensor> packed_out,
+                            c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction,
+                            int64_t next_groups, int64_t isa) {
   TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == torch::kInt64, "packed input must be [N,H,G,WG,SW,WP] int64");
   TORCH_CHECK(weight.dim() == 5 && weight.scalar_type() == torch::kInt64, "packed weight must be [G,KH,KW,WG,COB] int64");
   ConvShape s;
@@ -345,7 +374,37 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
                 "the residual must be float32 ", out.sizes(), " like the output");
     res = residual->contiguous();
   }
-  const Epilogue e{code_p, steps, params.data_ptr<float>(), cout, needs_residual ? res.data_ptr<float>() : nullptr};
+  // the next binary layer's input, packed by the epilogue: [N, Ho, G', WG', SW', WP'] words, G' the next
+  // layer's groups; every block of 8 output channels must fall in one byte of one group's words
+  PackOut pack{};
+  torch::Tensor next_t, next_d;
+  if (packed_out.has_value()) {
+    const torch::Tensor& po = *packed_out;
+    TORCH_CHECK(next_threshold.has_value() && next_direction.has_value(),
+                "packing the output needs the next layer's thresholds and directions");
+    next_t = next_threshold->contiguous();
+    next_d = next_direction->contiguous();
+    TORCH_CHECK(next_t.scalar_type() == torch::kFloat32 && next_t.numel() == cout && next_d.scalar_type() == torch::kInt8 &&
+                next_d.numel() == cout, "next layer: one float32 threshold and one int8 direction per output channel");
+    TORCH_CHECK(next_groups >= 1 && cout % next_groups == 0, "the next layer's groups must divide the channels");
+    pack.groups = next_groups;
+    pack.cin_g = cout / next_groups;
+    TORCH_CHECK(groups == 1 || s.cout_g % 8 == 0, "packing the output: the channels per group must be a multiple of 8");
+    TORCH_CHECK(next_groups == 1 || pack.cin_g % 8 == 0,
+                "packing the output: the next layer's channels per group must be a multiple of 8");
+    pack.wg = (pack.cin_g + 63) / 64;
+    TORCH_CHECK(po.dim() == 6 && po.scalar_type() == torch::kInt64 && po.is_contiguous() && po.size(0) == s.n &&
+                po.size(1) == s.ho && po.size(2) == next_groups && po.size(3) == pack.wg && po.size(4) >= 1 &&
+                po.size(5) == (s.wo + po.size(4) - 1) / po.size(4),
+                "packed output must be contiguous int64 [N, Ho, G, WG, SW, ceil(Wo / SW)] for the next layer");
+    pack.sw = po.size(4);
+    pack.wp = po.size(5);
+    pack.data = reinterpret_cast<uint8_t*>(po.data_ptr<int64_t>());
+    pack.threshold = next_t.data_ptr<float>();
+    pack.direction = next_d.data_ptr<int8_t>();
+  }
+  const Epilogue e{code_p, steps, params.data_ptr<float>(), cout, needs_residual ? res.data_ptr<float>() : nullptr,
+                   packed_out.has_value() ? &pack : nullptr};
   auto in_c = packed.contiguous();
   auto w_c = weight.contiguous();
   const uint64_t* in = reinterpret_cast<const uint64_t*>(in_c.data_ptr<int64_t>());
@@ -355,11 +414,18 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
   const int64_t block = chosen == Isa::avx512 ? avx512::kChannels
                         : chosen == Isa::avx2 ? avx2::kChannels : portable::kChannels;
   const int64_t tasks = s.n * s.ho * groups * ((s.cob + block - 1) / block);
+  // the epilogue packs the next layer's input when a block's channels make whole bytes (8 per block); the
+  // AVX2 path's blocks of 4 would share bytes between tasks: it packs the output afterwards instead
+  const bool pack_after = packed_out.has_value() && block % 8 != 0;
+  const Epilogue run = pack_after ? Epilogue{e.codes, e.steps, e.params, e.channels, e.residual, nullptr} : e;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    if (chosen == Isa::avx512) avx512::conv_tasks(s, in, wt, e, outp, begin, end);
-    else if (chosen == Isa::avx2) avx2::conv_tasks(s, in, wt, e, outp, begin, end);
-    else portable::conv_tasks(s, in, wt, e, outp, begin, end);
+    if (chosen == Isa::avx512) avx512::conv_tasks(s, in, wt, run, outp, begin, end);
+    else if (chosen == Isa::avx2) avx2::conv_tasks(s, in, wt, run, outp, begin, end);
+    else portable::conv_tasks(s, in, wt, run, outp, begin, end);
   });
+  if (pack_after)
+    pack_into(outp, s.n, cout, s.ho, s.wo, pack.threshold, pack.direction, pack.groups, pack.sw, chosen,
+              reinterpret_cast<uint64_t*>(pack.data));
   return out;
 }
 

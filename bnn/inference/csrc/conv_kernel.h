@@ -6,8 +6,8 @@
 // is kPixelVectors vectors of kLanes output pixels x kChannels output channels), lane_mask, mload (masked
 // load, zeros where the mask is off, no fault there), macc (add where the mask is on), vzero, vbcast, vxor,
 // vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32); and, if it defines BNN_DIRECT_EPILOGUE,
-// finish_block, which runs the epilogue on a register block and writes the output (else the sums go to a
-// tile, and finish_tile runs the epilogue on it).
+// finish_block, which runs the epilogue on a register block and writes the output and the next layer's
+// bits (else the sums go to a tile, and finish_tile runs the epilogue on it).
 //
 // Vector lanes run over output pixels of one row, so the sums of one output channel are contiguous, as
 // the NCHW output is: no transposition before the epilogue. The packed input is phase-split by the stride
@@ -81,7 +81,8 @@ inline DotBlockFn dot_block_for(int p) {
 // the whole tile (one dispatch per step, contiguous loops that vectorize), rounded as the torch ops they
 // replace (no fused multiply-add: -ffp-contract=off); then each channel's row is written out.
 inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_t wo_pad, int64_t wo,
-                        int64_t channels, int64_t co0, float* out0, const float* residual0, int64_t channel_stride) {
+                        int64_t channels, int64_t co0, float* out0, const float* residual0, int64_t channel_stride,
+                        uint8_t* bits) {
   const int64_t n = channels * wo_pad;
   for (int64_t i = 0; i < n; ++i) f[i] = static_cast<float>(tile[i]);
   for (int64_t s = 0; s < e.steps; ++s) {
@@ -118,6 +119,15 @@ inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_
     }
   }
   for (int64_t l = 0; l < channels; ++l) std::copy(f + l * wo_pad, f + l * wo_pad + wo, out0 + l * channel_stride);
+  if (bits) {  // the next layer's input bits: one byte of these (at most 8) channels per pixel
+    const PackOut& pk = *e.pack;
+    for (int64_t i = 0; i < wo; ++i) {
+      unsigned byte = 0;
+      for (int64_t l = 0; l < channels; ++l)
+        byte |= static_cast<unsigned>(threshold_bit(f[l * wo_pad + i], pk.threshold[co0 + l], pk.direction[co0 + l])) << l;
+      bits[phase_word(i, pk.sw, pk.wp) * 8] = static_cast<uint8_t>(byte);
+    }
+  }
 }
 #endif
 
@@ -182,21 +192,22 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
     }
     const int64_t* row_valid = n_valid.data() + rows * wo_pad;
     const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
+    uint8_t* const bits_row = e.pack ? e.pack->row(n, s.ho, oh, co0) : nullptr;
     // the row's pixel vectors in blocks of at most kPixelVectors, as even as possible (7 = 3 + 2 + 2)
     const int64_t nblocks = (vectors + kPixelVectors - 1) / kPixelVectors;
     for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
       const int p = static_cast<int>(vectors / nblocks + (blk < vectors % nblocks ? 1 : 0));
       const int64_t ow0 = v * kLanes;
-      const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, out + offset + ow0,
+      const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, out + offset + ow0,
                            e.residual ? e.residual + offset + ow0 : nullptr,
-                           tile_data ? tile_data + ow0 : nullptr, wo_pad};
+                           tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row};
       dot_block_for(p)(in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob, wt,
                        masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
       v += p;
     }
 #ifndef BNN_DIRECT_EPILOGUE
     finish_tile(e, tile.data(), ftile.data(), wo_pad, s.wo, channels, co0, out + offset,
-                e.residual ? e.residual + offset : nullptr, s.ho * s.wo);
+                e.residual ? e.residual + offset : nullptr, s.ho * s.wo, bits_row);
 #endif
   }
 }
