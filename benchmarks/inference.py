@@ -4,9 +4,10 @@ r"""Packed binary inference vs float PyTorch on this CPU, measured side by side 
                                    [--skip-layers] [--skip-models]
 
 1. Per layer: ReActNet-18 and ReActNet-A conv shapes, packed binary layer (threshold + pack + XNOR-popcount
-   conv + scale, float in and out) vs ``F.conv2d`` in float32 of the same shape, and the conv kernel alone on
-   input bits packed beforehand; each contender runs ``--number`` times in a row per round (steady state,
-   as inside a network run over and over).
+   conv + scale, float in and out) vs ``F.conv2d`` in float32 of the same shape, and the layer as it runs
+   between binary layers of a converted network (input bits handed over by the previous layer's epilogue,
+   the next layer's bits written by its own); each contender runs ``--number`` times in a row per round
+   (steady state, as inside a network run over and over).
 2. End to end: ``abbnn_reactnet18`` and ``abbnn_reactnet_a`` (ImageNet stem, 224x224, binarized by
    recipes/abbnn-pow2.yaml, converted) vs float torchvision resnet18 and mobilenet_v2: latency at batch 1,
    throughput at batch 8.
@@ -14,6 +15,7 @@ r"""Packed binary inference vs float PyTorch on this CPU, measured side by side 
 Figures are medians of repeats, the contenders interleaved; ratios are float time / binary time.
 """
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -55,24 +57,25 @@ def packed_layer(cin, cout, k, stride):
                               scale=torch.rand(cout) + 0.5)
 
 
-def kernel_only(layer, x):
-    """The packed convolution alone, on input bits packed beforehand (bits in, float out), or None."""
+def in_network(layer, x):
+    """The layer as it runs inside a converted network between binary layers, or None without the kernels:
+    its input bits handed over by the previous layer's epilogue, and its epilogue writing the float output and
+    the next binary layer's input bits (bits and float in, float and bits out)."""
     isa = kernels.kernel_isa()
     if isa is None:
         return None
-    ext = kernels.extension()
-    weight, codes, params = layer._kernel_args()
-    packed = ext.pack_input(x, layer.threshold, layer.direction, layer.groups, layer.stride[1], isa)
-    geometry = (*layer.kernel_size, *layer.stride, *layer.padding, *layer.dilation, layer.groups)
-    return lambda: ext.binary_conv2d(packed, x.shape[-1], weight, layer.in_channels, layer.out_channels, *geometry,
-                                     codes, params, None, None, None, None, 0, isa)
+    linked = copy.deepcopy(layer)
+    linked.hand_bits_to(packed_layer(layer.out_channels, layer.out_channels, 3, 1))
+    bits = kernels.extension().pack_input(x, layer.threshold, layer.direction, layer.groups, layer.stride[1], isa)
+    return lambda: linked(x, packed=bits)
 
 
 def bench_layers(args):
     print("\n== Per layer: packed binary conv vs torch float32 F.conv2d (same shape) ==")
-    print("layer: threshold + pack + conv + scale, float in and out; conv: the kernel alone on packed bits")
+    print("layer: threshold + pack + conv + scale, float in and out; in network: bits handed over by the previous "
+          "layer in,\nfloat and the next layer's bits out")
     print(f"{'layer':<32} {'batch':>5} {'thr':>3} {'float ms':>9} {'layer ms':>9} {'speed-up':>9} "
-          f"{'conv ms':>8} {'speed-up':>9}")
+          f"{'network ms':>10} {'speed-up':>9}")
     rows = []
     for name, cin, cout, k, stride, size in LAYERS:
         layer = packed_layer(cin, cout, k, stride)
@@ -83,19 +86,21 @@ def bench_layers(args):
                 x = torch.randn(batch, cin, size, size)
                 contenders = {"float": lambda: F.conv2d(x, weight, stride=stride, padding=k // 2),
                               "binary": lambda: layer(x)}
-                conv = kernel_only(layer, x)
-                if conv is not None:
-                    contenders["conv"] = conv
+                network = in_network(layer, x)
+                if network is not None:
+                    contenders["network"] = network
                 t = median_times(contenders, args.repeats, number=args.number)
                 ratio = t["float"] / t["binary"]
-                rows.append((name, batch, threads, ratio))
-                conv_cols = (f"{t['conv'] * 1e3:>8.3f} {t['float'] / t['conv']:>8.1f}x" if conv is not None
-                             else f"{'-':>8} {'-':>9}")
+                in_net = t["float"] / t["network"] if network is not None else float("nan")
+                rows.append((name, batch, threads, ratio, in_net))
+                network_cols = (f"{t['network'] * 1e3:>10.3f} {in_net:>8.1f}x" if network is not None
+                                else f"{'-':>10} {'-':>9}")
                 print(f"{name:<32} {batch:>5} {threads:>3} {t['float'] * 1e3:>9.3f} {t['binary'] * 1e3:>9.3f} "
-                      f"{ratio:>8.1f}x {conv_cols}", flush=True)
+                      f"{ratio:>8.1f}x {network_cols}", flush=True)
     three = [r for r in rows if " 3x3 " in r[0]]
-    print(f"3x3 binary layers (float in and out): speed-up min {min(r[3] for r in three):.1f}x, "
-          f"median {statistics.median(r[3] for r in three):.1f}x")
+    for label, column in (("float in and out", 3), ("in network", 4)):
+        print(f"3x3 binary layers ({label}): speed-up min {min(r[column] for r in three):.1f}x, "
+              f"median {statistics.median(r[column] for r in three):.1f}x")
     return rows
 
 

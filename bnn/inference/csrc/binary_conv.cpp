@@ -154,74 +154,90 @@ inline Vec vadd(Vec a, Vec b) { return _mm512_add_epi64(a, b); }
 inline Vec vsub(Vec a, Vec b) { return _mm512_sub_epi64(a, b); }
 inline Vec macc(Vec acc, Mask m, Vec v) { return _mm512_mask_add_epi64(acc, m, acc, v); }
 inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi64_epi32(v)); }
-// The epilogue on the register block itself: each channel's sums, two vectors of 8 pixels at a time,
-// become 16 floats (int32, then float, as the reference converts its int32 sums); the steps run on that
-// vector in registers (one predictable branch per step); the results go straight to the output rows, with
-// no tile in between. Same IEEE operations in the same order as the torch ops. With a PackOut, each channel's
-// compare sets its bit in a vector of 16 bytes (one per pixel), stored to the pixels' words at the end.
+// The epilogue on the register block itself, 16 pixels (two vectors of sums) at a time: the 8 channels'
+// sums become 16 floats each (int32, then float, as the reference converts its int32 sums); each step is
+// one branch, then straight-line code over the 8 vectors, which stay in registers; the results go straight
+// to the output rows, with no tile in between. Same IEEE operations in the same order as the torch ops.
+// With a PackOut, each channel's compare sets its bit in a vector of 16 bytes (one per pixel), then stored
+// to the pixels' words.
 #define BNN_DIRECT_EPILOGUE
 template <int P>
 inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const BlockOut& out) {
   constexpr int Q = (P + 1) / 2;
   const Epilogue& e = *out.e;
-  __mmask16 m[Q];
-  __m512i bits[Q];
-  Vec nv[P];
-#pragma GCC unroll 8
-  for (int p = 0; p < P; ++p) nv[p] = vload(reinterpret_cast<const uint64_t*>(n_valid + p * kLanes));
+  const int64_t channels = out.channels, channel_stride = out.channel_stride, steps = e.steps, prm_stride = e.channels;
+  const int64_t* const codes = e.codes;
+  float* const dst = out.out;
+  const float* const residual = out.residual;
+  const float* const prm0 = e.params + out.co0;
+  uint8_t* const bits_row = out.bits;
 #pragma GCC unroll 4
   for (int q = 0; q < Q; ++q) {
     const int64_t lanes = std::min<int64_t>(out.valid - q * 16, (2 * q + 1 < P ? 16 : 8));
-    m[q] = lanes >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << lanes) - 1);
-    bits[q] = _mm512_setzero_si512();
-  }
-  const float* prm0 = e.params + out.co0;
+    const __mmask16 m = lanes >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << lanes) - 1);
+    constexpr int kZero = 0;  // (the index of a vector that exists, for the odd P's missing high half)
+    const int hi_p = 2 * q + 1 < P ? 2 * q + 1 : kZero;
+    const Vec nv_lo = vload(reinterpret_cast<const uint64_t*>(n_valid + 2 * q * kLanes));
+    const Vec nv_hi = vload(reinterpret_cast<const uint64_t*>(n_valid + hi_p * kLanes));
+    __m512 f[kChannels];
 #pragma GCC unroll 16
-  for (int c = 0; c < kChannels; ++c) {
-    if (c >= out.channels) break;
-#pragma GCC unroll 4
-    for (int q = 0; q < Q; ++q) {
-      constexpr int kZero = 0;  // (the index of a vector that exists, for the odd P's missing high half)
-      const int hi_p = 2 * q + 1 < P ? 2 * q + 1 : kZero;
-      const __m256i lo = _mm512_cvtepi64_epi32(vsub(nv[2 * q], vadd(acc[2 * q][c], acc[2 * q][c])));
-      const __m256i hi = 2 * q + 1 < P ? _mm512_cvtepi64_epi32(vsub(nv[hi_p], vadd(acc[hi_p][c], acc[hi_p][c])))
-                                        : _mm256_setzero_si256();
-      __m512 f = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
-      const float* prm = prm0 + c;
-      for (int64_t s = 0; s < e.steps; ++s, prm += e.channels) {
-        switch (e.codes[s]) {
-          case kMultiply: f = _mm512_mul_ps(f, _mm512_set1_ps(*prm)); break;
-          case kAdd: f = _mm512_add_ps(f, _mm512_set1_ps(*prm)); break;
-          case kAddResidual:
-            f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(m[q], out.residual + c * out.channel_stride + q * 16));
-            break;
-          case kPReLU:  // where not (v > 0), NaN included: p * v
-            f = _mm512_mask_mul_ps(f, _mm512_cmp_ps_mask(f, _mm512_setzero_ps(), _CMP_NGT_UQ), _mm512_set1_ps(*prm), f);
-            break;
-        }
+    for (int c = 0; c < kChannels; ++c) {
+      const __m256i lo32 = _mm512_cvtepi64_epi32(vsub(nv_lo, vadd(acc[2 * q][c], acc[2 * q][c])));
+      const __m256i hi32 = 2 * q + 1 < P ? _mm512_cvtepi64_epi32(vsub(nv_hi, vadd(acc[hi_p][c], acc[hi_p][c])))
+                                          : _mm256_setzero_si256();
+      f[c] = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo32), hi32, 1));
+    }
+    // per step, one branch, then the 8 channels' vectors in registers; a channel past the block's end (its
+    // parameters and residual would be past the arrays' ends) reads channel 0's and is never stored
+    const float* prm = prm0;
+    for (int64_t s = 0; s < steps; ++s, prm += prm_stride) {
+#define BNN_PARAM(c) _mm512_set1_ps(prm[(c) < channels ? (c) : 0])
+      switch (codes[s]) {
+        case kMultiply:
+#pragma GCC unroll 16
+          for (int c = 0; c < kChannels; ++c) f[c] = _mm512_mul_ps(f[c], BNN_PARAM(c));
+          break;
+        case kAdd:
+#pragma GCC unroll 16
+          for (int c = 0; c < kChannels; ++c) f[c] = _mm512_add_ps(f[c], BNN_PARAM(c));
+          break;
+        case kAddResidual:
+#pragma GCC unroll 16
+          for (int c = 0; c < kChannels; ++c)
+            f[c] = _mm512_add_ps(f[c], _mm512_maskz_loadu_ps(c < channels ? m : static_cast<__mmask16>(0),
+                                                             residual + (c < channels ? c : 0) * channel_stride + q * 16));
+          break;
+        case kPReLU:  // where not (v > 0), NaN included: p * v
+#pragma GCC unroll 16
+          for (int c = 0; c < kChannels; ++c)
+            f[c] = _mm512_mask_mul_ps(f[c], _mm512_cmp_ps_mask(f[c], _mm512_setzero_ps(), _CMP_NGT_UQ), BNN_PARAM(c), f[c]);
+          break;
       }
-      _mm512_mask_storeu_ps(out.out + c * out.channel_stride + q * 16, m[q], f);
-      if (out.bits) {
+#undef BNN_PARAM
+    }
+    __m512i bits = _mm512_setzero_si512();
+#pragma GCC unroll 16
+    for (int c = 0; c < kChannels; ++c) {
+      if (c >= channels) break;
+      _mm512_mask_storeu_ps(dst + c * channel_stride + q * 16, m, f[c]);
+      if (bits_row) {
         const float t = e.pack->threshold[out.co0 + c];
         const int8_t d = e.pack->direction[out.co0 + c];
-        const __mmask16 k = d > 0   ? _mm512_cmp_ps_mask(f, _mm512_set1_ps(t), _CMP_GE_OQ)
-                            : d < 0 ? _mm512_cmp_ps_mask(f, _mm512_set1_ps(t), _CMP_LE_OQ)
+        const __mmask16 k = d > 0   ? _mm512_cmp_ps_mask(f[c], _mm512_set1_ps(t), _CMP_GE_OQ)
+                            : d < 0 ? _mm512_cmp_ps_mask(f[c], _mm512_set1_ps(t), _CMP_LE_OQ)
                                     : static_cast<__mmask16>(t > 0.0f ? 0xffff : 0);
-        bits[q] = _mm512_mask_or_epi32(bits[q], k, bits[q], _mm512_set1_epi32(1 << c));
+        bits = _mm512_mask_or_epi32(bits, k, bits, _mm512_set1_epi32(1 << c));
       }
     }
-  }
-  if (out.bits) {
-    const PackOut& pk = *e.pack;
-#pragma GCC unroll 4
-    for (int q = 0; q < Q; ++q) {
+    if (bits_row) {
       alignas(16) uint8_t bytes[16];
-      _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(bits[q]));
-      const int64_t lanes = std::min<int64_t>(out.valid - q * 16, 16), ow = out.ow0 + q * 16;
-      if (pk.sw == 1) {
-        for (int64_t j = 0; j < lanes; ++j) out.bits[(ow + j) * 8] = bytes[j];
+      _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(bits));
+      const int64_t ow = out.ow0 + q * 16, sw = e.pack->sw, wp = e.pack->wp;
+      if (sw == 1) {
+        uint8_t* b = bits_row + ow * 8;
+        for (int64_t j = 0; j < lanes; ++j) b[j * 8] = bytes[j];
       } else {
-        for (int64_t j = 0; j < lanes; ++j) out.bits[phase_word(ow + j, pk.sw, pk.wp) * 8] = bytes[j];
+        for (int64_t j = 0; j < lanes; ++j) bits_row[phase_word(ow + j, sw, wp) * 8] = bytes[j];
       }
     }
   }
