@@ -71,6 +71,7 @@ struct Epilogue {
 struct BlockOut {
   const Epilogue* e;
   int64_t co0, channels, channel_stride, valid, ow0;
+  const float* n_valid;  // the pixels' counts of valid taps x channels, as floats (exact), from ow0
   float* out;
   const float* residual;
   int32_t* tile;
@@ -162,7 +163,7 @@ inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<
 // to the pixels' words.
 #define BNN_DIRECT_EPILOGUE
 template <int P>
-inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const BlockOut& out) {
+inline void finish_block(Vec (&acc)[P][kChannels], const int64_t*, const BlockOut& out) {
   constexpr int Q = (P + 1) / 2;
   const Epilogue& e = *out.e;
   const int64_t channels = out.channels, channel_stride = out.channel_stride, steps = e.steps, prm_stride = e.channels;
@@ -177,15 +178,16 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const
     const __mmask16 m = lanes >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << lanes) - 1);
     constexpr int kZero = 0;  // (the index of a vector that exists, for the odd P's missing high half)
     const int hi_p = 2 * q + 1 < P ? 2 * q + 1 : kZero;
-    const Vec nv_lo = vload(reinterpret_cast<const uint64_t*>(n_valid + 2 * q * kLanes));
-    const Vec nv_hi = vload(reinterpret_cast<const uint64_t*>(n_valid + hi_p * kLanes));
+    // n_valid - 2 * popcounts in float: every value is an integer below 2^24, so the multiply-add is exact
+    // and equals the reference's float(int32 sum)
+    const __m512 nv = _mm512_maskz_loadu_ps(m, out.n_valid + q * 16), minus_two = _mm512_set1_ps(-2.0f);
     __m512 f[kChannels];
 #pragma GCC unroll 16
     for (int c = 0; c < kChannels; ++c) {
-      const __m256i lo32 = _mm512_cvtepi64_epi32(vsub(nv_lo, vadd(acc[2 * q][c], acc[2 * q][c])));
-      const __m256i hi32 = 2 * q + 1 < P ? _mm512_cvtepi64_epi32(vsub(nv_hi, vadd(acc[hi_p][c], acc[hi_p][c])))
-                                          : _mm256_setzero_si256();
-      f[c] = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo32), hi32, 1));
+      const __m256i lo32 = _mm512_cvtepi64_epi32(acc[2 * q][c]);
+      const __m256i hi32 = 2 * q + 1 < P ? _mm512_cvtepi64_epi32(acc[hi_p][c]) : _mm256_setzero_si256();
+      f[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo32), hi32, 1)),
+                             minus_two, nv);
     }
     // per step, one branch, then the 8 channels' vectors in registers; a channel past the block's end (its
     // parameters and residual would be past the arrays' ends) reads channel 0's and is never stored
@@ -371,6 +373,8 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
   TORCH_CHECK(weight.size(1) == kh && weight.size(2) == kw, "weight kernel size mismatch");
   TORCH_CHECK(s.cob % 8 == 0 && s.cob >= s.cout_g, "weight blocks must be padded to 8 output channels");
   TORCH_CHECK(s.ho > 0 && s.wo > 0, "the output would be empty");
+  TORCH_CHECK(s.cin_g * kh * kw < (int64_t(1) << 24), "a binary layer of ", s.cin_g * kh * kw,
+              " inputs per output: sums of 2^24 or more are not exact in float32");
   TORCH_CHECK(step_codes.scalar_type() == torch::kInt64 && step_codes.dim() == 1, "step codes: int64 [steps]");
   const int64_t steps = step_codes.size(0);
   TORCH_CHECK(step_params.scalar_type() == torch::kFloat32 && step_params.dim() == 2 && step_params.size(0) == steps &&

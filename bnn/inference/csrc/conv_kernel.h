@@ -159,9 +159,14 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
     }
   }
   // valid taps x channels of each output pixel, for each count of valid kernel rows (fixed per row)
+  // (and as floats: exact, below 2^24, checked by binary_conv2d)
   std::vector<int64_t> n_valid((s.kh + 1) * wo_pad);
+  std::vector<float> n_valid_f((s.kh + 1) * wo_pad);
   for (int64_t r = 0; r <= s.kh; ++r)
-    for (int64_t ow = 0; ow < wo_pad; ++ow) n_valid[r * wo_pad + ow] = r * valid_cols[ow] * s.cin_g;
+    for (int64_t ow = 0; ow < wo_pad; ++ow) {
+      n_valid[r * wo_pad + ow] = r * valid_cols[ow] * s.cin_g;
+      n_valid_f[r * wo_pad + ow] = static_cast<float>(n_valid[r * wo_pad + ow]);
+    }
   std::vector<int64_t> tap_in(ktaps), tap_w(ktaps);
   std::vector<int> tap_col(ktaps);
 #ifdef BNN_DIRECT_EPILOGUE
@@ -191,6 +196,7 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
       }
     }
     const int64_t* row_valid = n_valid.data() + rows * wo_pad;
+    const float* row_valid_f = n_valid_f.data() + rows * wo_pad;
     const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
     uint8_t* const bits_row = e.pack ? e.pack->row(n, s.ho, oh, co0) : nullptr;
     // the row's pixel vectors in blocks of at most kPixelVectors, as even as possible (7 = 3 + 2 + 2)
@@ -198,7 +204,7 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
     for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
       const int p = static_cast<int>(vectors / nblocks + (blk < vectors % nblocks ? 1 : 0));
       const int64_t ow0 = v * kLanes;
-      const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, out + offset + ow0,
+      const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
                            e.residual ? e.residual + offset + ow0 : nullptr,
                            tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row};
       dot_block_for(p)(in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob, wt,
