@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..layers.blocks import LearnableBias, PowerOfTwoRPReLU, RPReLU
 from ..ops.base import Identity
 from ..ops.scale import BasicScaleBinarizer
-from .modules import EPILOGUE_STEPS, PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer, is_power_of_two
+from .modules import PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer, is_power_of_two
 
 __all__ = ["CENSUS_KEYS", "LayerCensus", "census"]
 
@@ -77,15 +77,17 @@ def _module_counts(m: nn.Module, args, out) -> Dict[str, int]:
             _scale_counts(c, m.post.alpha.detach(), n_out)
         elif m.post is not None:
             c["multiplications"] += 2 * n_out
-        for code, values in zip(m.fused_codes.tolist(), m.fused_params):
-            step = EPILOGUE_STEPS[code]
+        for step, rows in m.fused_steps():
             if step == "multiply":
-                _scale_counts(c, values, n_out)
+                _scale_counts(c, rows[0], n_out)
             elif step in ("add", "add_residual"):
+                c["additions"] += n_out
+            elif step == "multiply_add":  # a batch norm: scale and shift, one rounding
+                _scale_counts(c, rows[0], n_out)
                 c["additions"] += n_out
             else:  # prelu: a sign test, and a multiply (or shift) of the negative values
                 c["comparisons"] += n_out
-                _scale_counts(c, values, n_out)
+                _scale_counts(c, rows[0], n_out)
     elif isinstance(m, SignedRealLayer):
         macs = _conv_macs_signed(m, inp, out)
         c["float_macs"] += macs

@@ -8,9 +8,11 @@ the block's output once.
 A step is fused only when the layer's output feeds that operation alone, and only for operations whose
 float rounding the kernel reproduces exactly (:data:`bnn.inference.modules.EPILOGUE_STEPS`): a multiply or
 add by a scalar or per-channel constant, the addition of a tensor of the output's shape, PReLU with
-per-channel slopes. A concatenation of one tensor (a copy) is dropped, and a per-channel activation after
-the concatenation of packed convolutions fuses into each of them with its slice of the channels (the blocks
-of ReActNet-A). The fused graph computes the same values as the unfused one.
+per-channel slopes, an eval-mode BatchNorm2d whose PyTorch results a multiply-add reproduces on every
+value the layer can output (:mod:`bnn.inference.batchnorm`). A concatenation of one tensor (a copy) is
+dropped, and a per-channel activation after the concatenation of packed convolutions fuses into each of
+them with its slice of the channels (the blocks of ReActNet-A). The fused graph computes the same values
+as the unfused one.
 
 :func:`hand_over_bits` then fuses the next binary layer's input compare into the epilogue: a packed
 convolution whose output goes straight into another one also writes that layer's packed input bits, which
@@ -25,6 +27,7 @@ import torch.fx
 import torch.nn as nn
 
 from ..layers.blocks import LearnableBias, PowerOfTwoRPReLU, RPReLU
+from .batchnorm import batchnorm_steps
 from .modules import PackedBinaryConv2d
 
 __all__ = ["fuse_epilogues", "hand_over_bits"]
@@ -70,14 +73,29 @@ def _module_steps(module: nn.Module, channels: int) -> Optional[List[Step]]:
     return None
 
 
-def _user_steps(gm: torch.fx.GraphModule, user: torch.fx.Node, node: torch.fx.Node, channels: int,
-                has_residual: bool, order: Dict[torch.fx.Node, int]
-                ) -> Optional[Tuple[List[Step], Optional[torch.fx.Node]]]:
+def _reachable_outputs(layer: PackedBinaryConv2d) -> Optional[torch.Tensor]:
+    """Every value the layer can output so far, per channel: ``(1, C, 1, 2K + 1)``, its epilogue on all
+    integer sums from -K to K (K = inputs per output), or None when a fused step adds a residual tensor."""
+    if layer.fused_residual:
+        return None
+    k = (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
+    sums = torch.arange(-k, k + 1, dtype=torch.float32).view(1, 1, 1, -1).expand(1, layer.out_channels, 1, -1)
+    return layer._finish(sums, sums)
+
+
+def _user_steps(gm: torch.fx.GraphModule, user: torch.fx.Node, node: torch.fx.Node, layer: PackedBinaryConv2d,
+                order: Dict[torch.fx.Node, int]) -> Optional[Tuple[List[Step], Optional[torch.fx.Node]]]:
     """The steps that replace ``user`` (which consumes ``node``), and the residual tensor it adds, or None."""
+    channels, has_residual = layer.out_channels, layer.fused_residual
     if user.op == "call_module":
         if len(user.args) != 1 or user.kwargs:
             return None
-        steps = _module_steps(gm.get_submodule(user.target), channels)
+        module = gm.get_submodule(user.target)
+        if isinstance(module, nn.BatchNorm2d):  # exact only where checked on all the layer's outputs
+            reachable = _reachable_outputs(layer)
+            steps = None if reachable is None else batchnorm_steps(module, reachable)
+        else:
+            steps = _module_steps(module, channels)
         return None if steps is None else (steps, None)
     if user.op != "call_function" or len(user.args) != 2 or user.kwargs:
         return None
@@ -172,7 +190,7 @@ def fuse_epilogues(gm: torch.fx.GraphModule) -> int:
             continue
         while len(node.users) == 1:
             user = next(iter(node.users))
-            found = _user_steps(gm, user, node, layer.out_channels, layer.fused_residual, order)
+            found = _user_steps(gm, user, node, layer, order)
             if found is None:
                 break
             steps, residual = found

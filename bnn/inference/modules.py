@@ -15,10 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels
+from .batchnorm import fused_multiply_add
 from .packing import binary_conv2d_reference, binary_linear_reference, pack_bits
 from .thresholds import ChannelThresholds
 
-__all__ = ["EPILOGUE_STEPS", "PackedBinaryConv2d", "PackedBinaryLinear", "SignedRealLayer",
+__all__ = ["EPILOGUE_STEPS", "STEP_ROWS", "PackedBinaryConv2d", "PackedBinaryLinear", "SignedRealLayer",
            "is_power_of_two"]
 
 
@@ -29,8 +30,11 @@ def is_power_of_two(values: torch.Tensor) -> bool:
 
 
 #: The steps an epilogue runs after the integer sums, in order; a step's code is its index here (the C++
-#: kernels use the same codes). Each step rounds like the torch op it stands for.
-EPILOGUE_STEPS = ("multiply", "add", "add_residual", "prelu")
+#: kernels use the same codes). Each step rounds like the torch op it stands for; ``multiply_add`` is
+#: ``v * a + b`` rounded once (a fused multiply-add, as PyTorch's CPU batch norm computes), with two rows of
+#: parameters (a, then b); every other step has one.
+EPILOGUE_STEPS = ("multiply", "add", "add_residual", "prelu", "multiply_add")
+STEP_ROWS = {"multiply_add": 2}
 
 
 class _Epilogue(nn.Module):
@@ -68,14 +72,26 @@ class _Epilogue(nn.Module):
     def fuse(self, step: str, values: Optional[torch.Tensor] = None) -> None:
         """Append an elementwise step to the epilogue: ``multiply`` / ``add`` by per-channel ``values``,
         ``add_residual`` (the tensor passed as the layer's second argument), ``prelu`` with per-channel
-        slopes ``values``. Only the converter calls this, on a layer with neither output scaler nor emit_dot."""
+        slopes ``values``, ``multiply_add`` with ``values`` of shape ``(2, C)`` (factors, addends). Only the
+        converter calls this, on a layer with neither output scaler nor emit_dot."""
         if self.post is not None or self.emit_dot:
             raise ValueError("a layer with an output scaler or emitting its sums takes no fused steps")
-        channels = self.fused_params.shape[1]
-        row = torch.zeros(1, channels) if values is None else values.detach().float().reshape(1, -1).expand(
-            1, channels).clone()
+        channels, rows = self.fused_params.shape[1], STEP_ROWS.get(step, 1)
+        if values is None:
+            block = torch.zeros(rows, channels)
+        else:
+            block = values.detach().float().reshape(rows, -1).expand(rows, channels).clone()
         self.fused_codes = torch.cat([self.fused_codes, torch.tensor([EPILOGUE_STEPS.index(step)])])
-        self.fused_params = torch.cat([self.fused_params, row])
+        self.fused_params = torch.cat([self.fused_params, block])
+
+    def fused_steps(self):
+        """The fused steps in order: ``(name, parameter rows)`` pairs."""
+        row = 0
+        for code in self.fused_codes.tolist():
+            step = EPILOGUE_STEPS[code]
+            rows = STEP_ROWS.get(step, 1)
+            yield step, self.fused_params[row:row + rows]
+            row += rows
 
     def epilogue_program(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The whole epilogue as step codes ``[S]`` and per-channel parameters ``[S, C]``: scale, bias, the
@@ -102,21 +118,23 @@ class _Epilogue(nn.Module):
             out = self.post(out, x)
         shape = [1] * out.dim()
         shape[self.channel_dim] = -1
-        for code, values in zip(self.fused_codes.tolist(), self.fused_params):
-            step = EPILOGUE_STEPS[code]
+        for step, rows in self.fused_steps():
+            values = rows[0]
             if step == "multiply":
                 out = out * values.view(shape)
             elif step == "add":
                 out = out + values.view(shape)
             elif step == "add_residual":
                 out = out + residual
-            else:
+            elif step == "prelu":
                 out = torch.where(out > 0, out, values.view(shape) * out)
+            else:
+                out = fused_multiply_add(out, values.view(shape).expand_as(out), rows[1].view(shape).expand_as(out))
         return out
 
     def _epilogue_repr(self) -> str:
         scale = "shift" if self.scale_is_shift else ("multiply" if self.scale is not None else "none")
-        fused = [EPILOGUE_STEPS[c] for c in self.fused_codes.tolist()]
+        fused = [step for step, _ in self.fused_steps()]
         return f"scale={scale}" + (f", fused={'+'.join(fused)}" if fused else "")
 
     @property

@@ -1,6 +1,7 @@
 """to_inference against the fake-binarized model it comes from, in eval mode: small nets built here under
 several binarization configs (hypothesis over channel counts, kernel, stride, padding, dilation, groups), and
 torchvision's resnet18 under every shipped recipe. Learned parameters are randomized first (conftest)."""
+import operator
 from collections import OrderedDict
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import bnn
 from bnn.inference import ConversionError, InferenceModel, to_inference
-from bnn.inference.modules import PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer
+from bnn.inference.modules import EPILOGUE_STEPS, PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer
 from bnn.layers import BinarizedLayer, LearnableBias, PowerOfTwoRPReLU, RPReLU
 from bnn.ops import (BasicInputBinarizer, BasicScaleBinarizer, MagnitudeAwareWeightBinarizer, RSign,
                      ScaledWSWeightBinarizer, XNORScaleBinarizer, XNORWeightBinarizer)
@@ -142,8 +143,11 @@ def check_conversion(model, config, example, *others):
 
 
 def binary_input_node(fast, target):
+    """The node whose output the binary layer ``target`` takes: through the ``[0]`` of a layer that hands
+    over its bits, that layer."""
     [node] = [n for n in fast.graph_module.graph.nodes if n.op == "call_module" and n.target == target]
-    return node.args[0]
+    source = node.args[0]
+    return source.args[0] if source.op == "call_function" and source.target is operator.getitem else source
 
 
 @st.composite
@@ -182,11 +186,16 @@ def _check_small_2d(geo, config, seed):
         for folded in ("bn0", "lb", "bn3", "bn_lin"):
             assert folded not in mods, f"{folded} was not folded into the next binary layer's thresholds"
         assert binary_input_node(fast, "conv1").target == "stem"
-        assert binary_input_node(fast, "conv3").target == "act2"
+        # act2 fused into conv2's epilogue, with bn2 and the residual, where conv2 takes fused steps
+        assert binary_input_node(fast, "conv3").target in ("act2", "conv2")
         assert binary_input_node(fast, "lin").target is torch.flatten
-    # BNs that feed a residual or an RPReLU stay
-    for kept in ("bn1", "bn2"):
-        assert isinstance(mods[kept], nn.BatchNorm2d)
+    # BNs that feed a residual or an RPReLU stay, or fuse into the epilogue of the conv before them
+    for bn, conv in (("bn1", "conv1"), ("bn2", "conv2")):
+        if bn in mods:
+            assert isinstance(mods[bn], nn.BatchNorm2d)
+        else:
+            steps = [EPILOGUE_STEPS[c] for c in mods[conv].fused_codes.tolist()]
+            assert steps[:1] == ["multiply_add"] or steps[:2] == ["multiply", "add"], (conv, steps)
 
 
 @settings(max_examples=20, deadline=None)

@@ -341,7 +341,6 @@ class NotFused(nn.Module):
         self.case = case
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.act = RPReLU(channels)
-        self.bn = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU()
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.pool = nn.AvgPool2d(3, stride=1, padding=1)
@@ -366,8 +365,6 @@ class NotFused(nn.Module):
             return self.act(self.relu(self.conv(x)) * 0.5)
         if c == "relu-after-residual":
             return torch.relu(0.25 * self.conv(x) + x)
-        if c == "bn-after-conv":
-            return self.act(self.bn(self.conv(x)) + x)
         if c == "subtract-divide":
             return self.act(x - self.conv(x) / 4.0)
         if c == "second-residual":
@@ -385,7 +382,6 @@ NOT_FUSED = {
     "broadcast-residual": ([], ["conv", "gap", "add", "act"]),
     "relu-module": ([], ["conv", "relu", "mul", "act"]),
     "relu-after-residual": (["multiply", "add_residual"], ["conv", "relu"]),
-    "bn-after-conv": ([], ["conv", "bn", "add", "act"]),
     "subtract-divide": ([], ["conv", "truediv", "sub", "act"]),
     "second-residual": (["add_residual"], ["conv", "pool", "add", "act"]),
 }
@@ -785,3 +781,62 @@ def test_concatenation_not_fused(case):
     check_outputs(fast, model, x, with_zeros(x))
     assert fused_steps(packed(fast, "conv_a")) == fused_steps(packed(fast, "conv_b")) == ["add_residual"]
     assert "act" in call_nodes(fast)
+
+
+# ------------------------------------------------------------------ 8. BatchNorm after the convolution
+
+class BNBlock(nn.Module):
+    """ReActNet-18's block: ``act(bn(conv(x)) + x)``; with ``bn_after_add``: ``act(bn(conv(x) + x))``."""
+
+    def __init__(self, channels, bn_after_add=False):
+        super().__init__()
+        self.bn_after_add = bn_after_add
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = RPReLU(channels)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.act(self.bn(y + x) if self.bn_after_add else self.bn(y) + x)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_batchnorm_after_the_conv_fuses_exactly(config, path, monkeypatch):
+    model, x, fast = converted(("bn", config), lambda: binarized(BNBlock(40), config, seed=60),
+                               example((40, 9, 8, 2), seed=61))
+    use_path(path, monkeypatch)
+    check_outputs(fast, model, x, with_zeros(x), 5 * torch.randn(x.shape), torch.randn(3, *x.shape[1:]))
+    steps = fused_steps(packed(fast))
+    assert steps[-4:] == ["add_residual"] + ACT_STEPS["rprelu"]
+    # PyTorch's batch norm, as this machine computes it: one multiply-add or a multiply and an add
+    assert steps[:-4] in (["multiply_add"], ["multiply", "add"]) or steps[1:-4] in (["multiply_add"],
+                                                                                   ["multiply", "add"])
+    assert call_nodes(fast) == ["conv"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_batchnorm_after_the_residual_is_not_fused(path, monkeypatch):
+    """Its input is no longer one of the layer's outputs, which can all be checked: it stays a module."""
+    model, x, fast = converted("bn-after-add", lambda: binarized(BNBlock(24, bn_after_add=True), seed=62),
+                               example((24, 6, 7, 2), seed=63))
+    use_path(path, monkeypatch)
+    check_outputs(fast, model, x, with_zeros(x))
+    assert fused_steps(packed(fast))[-1] == "add_residual"
+    assert "bn" in call_nodes(fast) and "act" in call_nodes(fast)
+
+
+def test_batchnorm_whose_rounding_no_candidate_matches_stays(monkeypatch):
+    from bnn.inference import batchnorm
+
+    def wrong(bn):  # a formula off by one unit in the last place of beta
+        for alpha, beta, fused in list(original(bn)):
+            yield alpha, torch.nextafter(beta, torch.full_like(beta, float("inf"))), fused
+
+    original = batchnorm._candidates
+    monkeypatch.setattr(batchnorm, "_candidates", wrong)
+    model = binarized(BNBlock(16), seed=64)
+    x = example((16, 5, 6, 2), seed=65)
+    fast = to_inference(model, x)
+    check_outputs(fast, model, x)
+    assert "bn" in call_nodes(fast) and fused_steps(packed(fast))[:1] != ["multiply_add"]

@@ -97,3 +97,17 @@ def test_handing_over_needs_whole_bytes_of_channels():
         packed_conv(8, 12, 3, 1, 1, 1, 2, seed=0).hand_bits_to(packed_conv(12, 8, 3, 1, 1, 1, 1, seed=1))
     with pytest.raises(ValueError, match="8 channels per group"):
         packed_conv(8, 12, 3, 1, 1, 1, 1, seed=0).hand_bits_to(packed_conv(12, 12, 3, 1, 1, 1, 3, seed=1))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_multiply_add_step_rounds_once_on_every_path(seed, monkeypatch):
+    """The kernels' fused multiply-add (hardware or C library) against the reference's, in torch ops."""
+    layer = packed_conv(70, 45, 3, 1, 1, 1, 1, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    factors = torch.randn(45, generator=g) * 10.0 ** torch.randint(-3, 4, (45,), generator=g)
+    layer.fuse("multiply_add", torch.stack([factors, torch.randn(45, generator=g) * 100]))
+    layer.fuse("multiply", torch.rand(45, generator=g))
+    x = torch.randn(3, 70, 9, 13, generator=g)
+    expected = run(layer, x, "reference", monkeypatch)
+    for path in PATHS:
+        assert torch.equal(run(layer, x, path, monkeypatch), expected), path

@@ -20,6 +20,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -31,7 +32,8 @@ struct ConvShape {
 };
 
 // Epilogue step codes (bnn/inference/modules.py: EPILOGUE_STEPS).
-enum Step : int64_t { kMultiply = 0, kAdd = 1, kAddResidual = 2, kPReLU = 3 };
+// kMultiplyAdd (v * a + b, one rounding) takes two rows of parameters, a then b; every other step one.
+enum Step : int64_t { kMultiply = 0, kAdd = 1, kAddResidual = 2, kPReLU = 3, kMultiplyAdd = 4 };
 
 // The input bit of the next binary layer, as pack_input computes it: x >= t (direction 1), x <= t (-1),
 // t > 0 (0, a constant channel). NaN gives 0.
@@ -59,7 +61,7 @@ struct PackOut {
 struct Epilogue {
   const int64_t* codes;
   int64_t steps;
-  const float* params;  // [steps, channels]
+  const float* params;  // [rows, channels]: one row per step, two for kMultiplyAdd
   int64_t channels;
   const float* residual;  // NCHW like the output, or null
   const PackOut* pack;    // or null
@@ -213,6 +215,12 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t*, const BlockOu
 #pragma GCC unroll 16
           for (int c = 0; c < kChannels; ++c)
             f[c] = _mm512_mask_mul_ps(f[c], _mm512_cmp_ps_mask(f[c], _mm512_setzero_ps(), _CMP_NGT_UQ), BNN_PARAM(c), f[c]);
+          break;
+        case kMultiplyAdd:
+#pragma GCC unroll 16
+          for (int c = 0; c < kChannels; ++c)
+            f[c] = _mm512_fmadd_ps(f[c], BNN_PARAM(c), _mm512_set1_ps(prm[prm_stride + (c < channels ? c : 0)]));
+          prm += prm_stride;
           break;
       }
 #undef BNN_PARAM
@@ -377,16 +385,18 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
               " inputs per output: sums of 2^24 or more are not exact in float32");
   TORCH_CHECK(step_codes.scalar_type() == torch::kInt64 && step_codes.dim() == 1, "step codes: int64 [steps]");
   const int64_t steps = step_codes.size(0);
-  TORCH_CHECK(step_params.scalar_type() == torch::kFloat32 && step_params.dim() == 2 && step_params.size(0) == steps &&
-              step_params.size(1) == cout, "step params: float32 [steps, C_out]");
   auto codes = step_codes.contiguous();
   auto params = step_params.contiguous();
   const int64_t* code_p = codes.data_ptr<int64_t>();
   bool needs_residual = false;
+  int64_t rows = 0;
   for (int64_t i = 0; i < steps; ++i) {
-    TORCH_CHECK(code_p[i] >= kMultiply && code_p[i] <= kPReLU, "unknown epilogue step ", code_p[i]);
+    TORCH_CHECK(code_p[i] >= kMultiply && code_p[i] <= kMultiplyAdd, "unknown epilogue step ", code_p[i]);
     needs_residual |= code_p[i] == kAddResidual;
+    rows += code_p[i] == kMultiplyAdd ? 2 : 1;
   }
+  TORCH_CHECK(step_params.scalar_type() == torch::kFloat32 && step_params.dim() == 2 && step_params.size(0) == rows &&
+              step_params.size(1) == cout, "step params: float32 [", rows, " rows, C_out]");
   auto out = torch::empty({s.n, cout, s.ho, s.wo}, torch::dtype(torch::kFloat32));
   torch::Tensor res;
   if (needs_residual) {

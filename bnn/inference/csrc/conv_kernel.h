@@ -85,8 +85,8 @@ inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_
                         uint8_t* bits) {
   const int64_t n = channels * wo_pad;
   for (int64_t i = 0; i < n; ++i) f[i] = static_cast<float>(tile[i]);
-  for (int64_t s = 0; s < e.steps; ++s) {
-    const float* prm = e.params + s * e.channels + co0;
+  const float* prm = e.params + co0;
+  for (int64_t s = 0; s < e.steps; ++s, prm += e.channels) {
     switch (e.codes[s]) {
       case kMultiply:
         for (int64_t l = 0; l < channels; ++l) {
@@ -115,6 +115,14 @@ inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_
           const float p = prm[l];
           for (int64_t i = 0; i < wo_pad; ++i) row[i] = row[i] > 0.0f ? row[i] : p * row[i];
         }
+        break;
+      case kMultiplyAdd:  // std::fma: one rounding, in hardware or in the C library
+        for (int64_t l = 0; l < channels; ++l) {
+          float* row = f + l * wo_pad;
+          const float a = prm[l], b = prm[e.channels + l];
+          for (int64_t i = 0; i < wo_pad; ++i) row[i] = std::fma(row[i], a, b);
+        }
+        prm += e.channels;
         break;
     }
   }
