@@ -9,8 +9,8 @@ r"""Packed binary inference vs float PyTorch on this CPU, measured side by side 
    the next layer's bits written by its own); each contender runs ``--number`` times in a row per round
    (steady state, as inside a network run over and over).
 2. End to end: ``abbnn_reactnet18`` and ``abbnn_reactnet_a`` (ImageNet stem, 224x224, binarized by
-   recipes/abbnn-pow2.yaml, converted) vs float torchvision resnet18 and mobilenet_v2: latency at batch 1,
-   throughput at batch 8.
+   recipes/abbnn-pow2.yaml, converted) vs float torchvision resnet18 and mobilenet_v2, and ``reactnet18``
+   (recipes/reactnet.yaml, with BatchNorm) vs resnet18: latency at batch 1, throughput at batch 8.
 3. Memory: packed model file vs float32 parameters.
 Figures are medians of repeats, the contenders interleaved; ratios are float time / binary time.
 """
@@ -117,17 +117,19 @@ def converted(name, recipe):
 
 def bench_models(args):
     import torchvision
-    recipe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "abbnn-pow2.yaml")
+    recipes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes")
     available = set(bnn.models.list_models())
-    pairs = [("abbnn_reactnet18", "resnet18"), ("abbnn_reactnet_a", "mobilenet_v2")]
+    # the A&B models under abbnn-pow2 (no multiplication), and ReActNet-18 as its paper trains it (BatchNorm)
+    pairs = [("abbnn_reactnet18", "resnet18", "abbnn-pow2.yaml"), ("abbnn_reactnet_a", "mobilenet_v2", "abbnn-pow2.yaml"),
+             ("reactnet18", "resnet18", "reactnet.yaml")]
     print("\n== End to end, 224x224: converted binary model vs float torchvision model ==")
     print(f"{'binary model':<20} {'float model':<14} {'thr':>3} {'latency b1 float/binary ms':>28} {'speed-up':>9} "
           f"{'throughput b8 float/binary img/s':>34} {'speed-up':>9}")
-    for binary_name, float_name in pairs:
+    for binary_name, float_name, recipe in pairs:
         if binary_name not in available:
             print(f"{binary_name}: not in bnn.models, skipped")
             continue
-        fake, fast = converted(binary_name, recipe)
+        fake, fast = converted(binary_name, os.path.join(recipes, recipe))
         reference = torchvision.models.get_model(float_name, weights=None).eval()
         with torch.no_grad():
             for threads in args.threads:

@@ -4,7 +4,8 @@ time (AVX-512 VPOPCNTDQ, AVX2, portable C++), threads as ``torch.get_num_threads
 
 Without a working compiler the packed layers fall back to the PyTorch reference in
 :mod:`bnn.inference.packing`, with one warning saying why. ``BNN_KERNELS=reference`` forces that fallback;
-``BNN_KERNELS=portable|avx2|avx512`` caps the code path (tests compare them).
+``BNN_KERNELS=portable|avx2|avx512`` caps the code path (tests compare them). A cached library is loaded only
+if its digest is the one recorded when it last loaded: a damaged or half-written cache is rebuilt.
 """
 import glob
 import hashlib
@@ -71,14 +72,46 @@ def _build():
     name = _build_name()
     kwargs = dict(sources=_sources(), extra_cflags=_CFLAGS, extra_include_paths=[_CSRC],
                   extra_ldflags=["-fopenmp"], verbose=False)
+    folder = cpp_extension._get_build_directory(name, verbose=False)
+    if not _library_intact(os.path.join(folder, name + ".so")):
+        # changed since it loaded, or never loaded (a build cut short): a damaged library can kill the process
+        # in the loader (SIGBUS) before Python sees an error, so it is not even tried
+        shutil.rmtree(folder, ignore_errors=True)
     try:
-        return cpp_extension.load(name=name, **kwargs)
+        module = cpp_extension.load(name=name, **kwargs)
     except (ImportError, OSError):
-        # built, but the library does not load (a corrupt cache): wipe the build folder and build again under
-        # the same name (a library that failed to load leaves nothing loaded). A library cut short past its
-        # ELF header is not caught here: the loader dies with SIGBUS before Python sees an error.
-        shutil.rmtree(cpp_extension._get_build_directory(name, verbose=False), ignore_errors=True)
-        return cpp_extension.load(name=name, **kwargs)
+        # built, but the library does not load: wipe the build folder and build again under the same name (a
+        # library that failed to load leaves nothing loaded)
+        shutil.rmtree(folder, ignore_errors=True)
+        module = cpp_extension.load(name=name, **kwargs)
+    _stamp(module.__file__)
+    return module
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _library_intact(library: str) -> bool:
+    """True when there is no library yet, or it is the one that loaded before (its digest, in the stamp file
+    written after that load)."""
+    if not os.path.exists(library):
+        return True
+    try:
+        with open(library + ".sha256") as f:
+            return f.read().strip() == _digest(library)
+    except OSError:
+        return False
+
+
+def _stamp(library: str) -> None:
+    """Record the digest of a library that loaded, through a temporary file renamed into place."""
+    stamp = library + ".sha256"
+    temporary = f"{stamp}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        f.write(_digest(library))
+    os.replace(temporary, stamp)
 
 
 def extension():

@@ -6,9 +6,9 @@ process) and torch's cache of loaded extensions start empty, with ``TORCH_EXTENS
 folder (the user's extension cache is never touched). Only ``test_fresh_build_then_corrupt_library_is_rebuilt``
 compiles the real kernels (twice); the others compile nothing or one tiny broken file.
 """
+import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -100,9 +100,10 @@ def test_fresh_build_then_corrupt_library_is_rebuilt(tmp_path):
     1. A fresh build into an empty extension folder: the module is ``bnn_kernels_<digest>`` in
        ``<TORCH_EXTENSIONS_DIR>/<name>/``, ``cpu_isa()`` is 0..2 and a packed convolution on the kernels is
        exact.
-    2. The built library is overwritten with garbage (a corrupt cache): a new process must notice that it
-       does not load, wipe the folder and build again under the same name (a real second build), without
-       any warning, and the rebuilt kernels must be exact too.
+    2. The built library is cut short after its ELF header (a damaged cache; the loader would die of SIGBUS
+       on it): a new process must notice that its digest is not the one recorded when it loaded, wipe the
+       folder and build again under the same name (a real second build), without any warning, and the
+       rebuilt kernels must be exact too.
     """
     ext_dir = tmp_path / "extensions"
 
@@ -120,10 +121,11 @@ def test_fresh_build_then_corrupt_library_is_rebuilt(tmp_path):
     assert first["conv"]["equals_float_conv"] and first["conv"]["equals_reference"], first
     assert sorted(p.name for p in ext_dir.iterdir()) == [name], "the build went elsewhere"
 
-    # Corrupt the cached library: random bytes of the same size (its mtime is now newer than the objects,
-    # so ninja sees nothing to do and the broken file reaches the loader).
-    size = library.stat().st_size
-    library.write_bytes(random.Random(0).randbytes(size))
+    # Damage the cached library: keep its first half (its mtime is now newer than the objects, so ninja
+    # sees nothing to do and, unchecked, the broken file would reach the loader).
+    stamp = library.with_name(library.name + ".sha256")
+    assert stamp.read_text() == hashlib.sha256(library.read_bytes()).hexdigest()
+    library.write_bytes(library.read_bytes()[: library.stat().st_size // 2])
 
     second = run_python(BUILD_AND_REPORT, ext_dir, BUILD_TIMEOUT)
     rebuilt = name
