@@ -7,7 +7,8 @@ r"""Packed binary inference vs float PyTorch on this CPU, measured side by side 
    conv + scale, float in and out) vs ``F.conv2d`` in float32 of the same shape, and the layer as it runs
    between binary layers of a converted network (input bits handed over by the previous layer's epilogue,
    the next layer's bits written by its own); each contender runs ``--number`` times in a row per round
-   (steady state, as inside a network run over and over).
+   (steady state, as inside a network run over and over). Also the packed binary linear layer (a
+   classifier head and a wide hidden layer) vs ``F.linear``.
 2. End to end: ``abbnn_reactnet18`` and ``abbnn_reactnet_a`` (ImageNet stem, 224x224, binarized by
    recipes/abbnn-pow2.yaml, converted) vs float torchvision resnet18 and mobilenet_v2, and ``reactnet18``
    (recipes/reactnet.yaml, with BatchNorm) vs resnet18: latency at batch 1, throughput at batch 8.
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 import bnn
 from bnn.inference import kernels
-from bnn.inference.modules import PackedBinaryConv2d
+from bnn.inference.modules import PackedBinaryConv2d, PackedBinaryLinear
 from bnn.inference.thresholds import ChannelThresholds
 from bnn.timing import median_times
 
@@ -104,6 +105,29 @@ def bench_layers(args):
     return rows
 
 
+# (name, features in, features out): a classifier head, and a wide hidden layer
+LINEARS = [("linear 512->1000", 512, 1000), ("linear 4096->4096", 4096, 4096)]
+
+
+def bench_linears(args):
+    print("\n== Per layer: packed binary linear (float in and out) vs torch float32 F.linear ==")
+    print(f"{'layer':<32} {'batch':>5} {'thr':>3} {'float ms':>9} {'binary ms':>9} {'speed-up':>9}")
+    for name, cin, cout in LINEARS:
+        g = torch.Generator().manual_seed(cin)
+        layer = PackedBinaryLinear(ChannelThresholds(torch.randn(cin, generator=g) * 0.1, torch.ones(cin, dtype=torch.int8)),
+                                   torch.where(torch.randn(cout, cin, generator=g) >= 0, 1.0, -1.0),
+                                   scale=torch.rand(cout, generator=g) + 0.5)
+        weight = torch.randn(cout, cin, generator=g)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for batch in args.batches:
+                x = torch.randn(batch, cin, generator=g)
+                t = median_times({"float": lambda: F.linear(x, weight), "binary": lambda: layer(x)}, args.repeats,
+                                 number=args.number)
+                print(f"{name:<32} {batch:>5} {threads:>3} {t['float'] * 1e3:>9.3f} {t['binary'] * 1e3:>9.3f} "
+                      f"{t['float'] / t['binary']:>8.1f}x", flush=True)
+
+
 def converted(name, recipe):
     model = bnn.models.create_model(name, num_classes=1000, stem="imagenet")
     chef = bnn.BinaryChef(recipe)
@@ -167,6 +191,7 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs")
     if not args.skip_layers:
         bench_layers(args)
+        bench_linears(args)
     if not args.skip_models:
         bench_models(args)
     return 0

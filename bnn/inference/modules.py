@@ -132,6 +132,17 @@ class _Epilogue(nn.Module):
                 out = fused_multiply_add(out, values.view(shape).expand_as(out), rows[1].view(shape).expand_as(out))
         return out
 
+    def _kernel_args(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weights in the kernels' layout and the epilogue program, computed once (per set of buffers)."""
+        b = self._buffers  # (not nn.Module.__getattr__: this runs at every call)
+        key = (b["weight_bits"], b["scale"], b["bias"], b["fused_codes"], b["fused_params"], self.emit_dot)
+        cached = getattr(self, "_kernel_cache", None)
+        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
+            out_channels, in_channels, kernel_size, groups = self._conv_geometry()
+            layout = kernels.conv_weight_layout(self.weight_bits, out_channels, in_channels, kernel_size, groups)
+            cached = self._kernel_cache = (key, (layout,) + self.epilogue_program())
+        return cached[1]
+
     def _epilogue_repr(self) -> str:
         scale = "shift" if self.scale_is_shift else ("multiply" if self.scale is not None else "none")
         fused = [step for step, _ in self.fused_steps()]
@@ -170,6 +181,9 @@ class PackedBinaryConv2d(_Epilogue):
     def input_bits(self, x: torch.Tensor) -> torch.Tensor:
         return ChannelThresholds(self.threshold, self.direction).bits(x, 1)
 
+    def _conv_geometry(self):
+        return self.out_channels, self.in_channels, self.kernel_size, self.groups
+
     #: Set by :meth:`hand_bits_to`: the next layer's groups and horizontal stride (0: no hand-over).
     next_groups: int = 0
     next_stride: int = 0
@@ -197,17 +211,6 @@ class PackedBinaryConv2d(_Epilogue):
         shape = (n, h, self.next_groups, -(-cin_g // 64), self.next_stride, wp)
         full = cin_g % 64 == 0 and wp * self.next_stride == w
         return torch.empty(shape, dtype=torch.int64) if full else torch.zeros(shape, dtype=torch.int64)
-
-    def _kernel_args(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The weights in the kernels' layout and the epilogue program, computed once (per set of buffers)."""
-        b = self._buffers  # (not nn.Module.__getattr__: this runs at every call)
-        key = (b["weight_bits"], b["scale"], b["bias"], b["fused_codes"], b["fused_params"], self.emit_dot)
-        cached = getattr(self, "_kernel_cache", None)
-        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
-            layout = kernels.conv_weight_layout(self.weight_bits, self.out_channels, self.in_channels,
-                                                self.kernel_size, self.groups)
-            cached = self._kernel_cache = (key, (layout,) + self.epilogue_program())
-        return cached[1]
 
     #: Set by the converter when a per-channel module (RPReLU, PReLU, LearnableBias) was fused: such a module
     #: works on axis 1, the channels of a batch but not of an unbatched input, so only batches are accepted.
@@ -275,10 +278,28 @@ class PackedBinaryLinear(_Epilogue):
         self.register_buffer("direction", thresholds.direction.clone())
         self._init_epilogue(scale, bias, post, channel_dim=-1, channels=self.out_features)
 
+    def _conv_geometry(self):
+        return self.out_features, self.in_features, (1, 1), 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bits = ChannelThresholds(self.threshold, self.direction).bits(x, -1)
-        dot = binary_linear_reference(pack_bits(bits), self.weight_bits, self.in_features)
-        return self._finish(dot, x)
+        isa = kernels.kernel_isa() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        if isa is None or x.numel() == 0:
+            bits = ChannelThresholds(self.threshold, self.direction).bits(x, -1)
+            dot = binary_linear_reference(pack_bits(bits), self.weight_bits, self.in_features)
+            return self._finish(dot, x)
+        # on the kernels, as a 1x1 convolution whose pixels are the input's rows: (M, in) -> (1, in, 1, M),
+        # so that the SIMD lanes run over rows
+        ext = kernels.extension()
+        weight, codes, params = self._kernel_args()
+        rows = x.reshape(-1, self.in_features)
+        m = rows.shape[0]
+        packed = ext.pack_input(rows.t().reshape(1, self.in_features, 1, m), self.threshold, self.direction, 1, 1, isa)
+        out = ext.binary_conv2d(packed, m, weight, self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1,
+                                codes, params, None, None, None, None, 0, isa)
+        # contiguous, as the reference's: what follows (a float linear layer, say) may round differently on
+        # another memory layout
+        out = out.view(self.out_features, m).t().contiguous().view(*x.shape[:-1], self.out_features)
+        return self.post(out, x) if self.post is not None and not self.emit_dot else out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._epilogue_repr()}"

@@ -51,6 +51,8 @@ def unpack_bits(words: torch.Tensor, k: int) -> torch.Tensor:
 
 def popcount(words: torch.Tensor) -> torch.Tensor:
     r"""Number of set bits of each int64 word, summed over the last axis (int32)."""
+    if words.numel() == 0:  # (an empty tensor may have zero strides, which a view as bytes refuses)
+        return torch.zeros(words.shape[:-1], dtype=torch.int32, device=words.device)
     table = _POPCOUNT_TABLE.to(words.device)
     as_bytes = words.contiguous().view(torch.uint8).to(torch.int64)
     return table[as_bytes].sum(-1, dtype=torch.int32)

@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bnn.inference import kernels
-from bnn.inference.modules import PackedBinaryConv2d
+from bnn.inference.modules import PackedBinaryConv2d, PackedBinaryLinear
 from bnn.inference.thresholds import ChannelThresholds
 
 pytestmark = pytest.mark.skipif(kernels.extension() is None, reason="no C++ compiler: the reference runs alone")
@@ -111,3 +111,28 @@ def test_multiply_add_step_rounds_once_on_every_path(seed, monkeypatch):
     expected = run(layer, x, "reference", monkeypatch)
     for path in PATHS:
         assert torch.equal(run(layer, x, path, monkeypatch), expected), path
+
+
+def packed_linear(cin, cout, seed):
+    g = torch.Generator().manual_seed(seed)
+    thresholds = ChannelThresholds(torch.randn(cin, generator=g) * 0.3,
+                                   torch.randint(-1, 2, (cin,), generator=g).to(torch.int8))
+    signs = torch.where(torch.randn(cout, cin, generator=g) >= 0, 1.0, -1.0)
+    return PackedBinaryLinear(thresholds, signs, scale=torch.rand(cout, generator=g) + 0.5,
+                              bias=torch.randn(cout, generator=g))
+
+
+# the linear layer runs as a 1x1 convolution over its input's rows: any leading shape, unbatched, one row,
+# rows across SIMD vectors and register blocks, features off the word size
+@pytest.mark.parametrize("shape", [(70,), (1, 70), (5, 70), (2, 3, 70), (64, 70), (41, 70), (0, 70)])
+@pytest.mark.parametrize("features", [(70, 13), (64, 8), (130, 37)])
+def test_linear_on_every_path_matches_the_reference(shape, features, monkeypatch):
+    cin, cout = features
+    layer = packed_linear(cin, cout, seed=cin + cout)
+    x = torch.randn(*shape[:-1], cin, generator=torch.Generator().manual_seed(len(shape)))
+    expected = run(layer, x, "reference", monkeypatch)
+    assert expected.shape == (*shape[:-1], cout)
+    for path in PATHS:
+        out = run(layer, x, path, monkeypatch)
+        assert torch.equal(out, expected), path
+        assert out.is_contiguous(), path  # as the reference's: a float layer after it may round by layout
