@@ -189,6 +189,9 @@ def main(argv=None):
     isa = kernels.kernel_isa()
     print(f"bnn kernels: {kernels.ISA_NAMES.get(isa, 'unavailable (PyTorch reference)')}; torch {torch.__version__}; "
           f"{os.cpu_count()} CPUs")
+    # glibc's settings for big blocks decide how many page faults each forward takes (see docs/benchmarks.md)
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}
+    print("allocator settings: " + (", ".join(f"{k}={v}" for k, v in sorted(malloc.items())) or "glibc defaults"))
     if not args.skip_layers:
         bench_layers(args)
         bench_linears(args)
