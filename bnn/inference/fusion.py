@@ -207,16 +207,11 @@ def fuse_epilogues(gm: torch.fx.GraphModule) -> int:
     return fused + _fuse_through_cats(gm, calls)
 
 
-def _bytes_align(groups: int, channels: int) -> bool:
-    """8 channels to a byte of every group's words: the epilogue writes one byte per block of 8 channels."""
-    return groups == 1 or (channels // groups) % 8 == 0
-
-
 def hand_over_bits(gm: torch.fx.GraphModule) -> int:
     """Where a packed 2-d convolution's output is the input of another packed convolution, make the first
     write the second's packed input in its epilogue (:meth:`PackedBinaryConv2d.hand_bits_to`): its node then
     returns ``(output, bits)``, its users take ``[0]``, the second layer ``packed=[1]``. One consumer per
-    layer (the first in graph order). Returns the number of hand-overs; call ``gm.recompile()``."""
+    layer. Returns the number of hand-overs; call ``gm.recompile()``."""
     calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     linked = 0
     for node in list(gm.graph.nodes):
@@ -224,17 +219,14 @@ def hand_over_bits(gm: torch.fx.GraphModule) -> int:
             continue
         producer = gm.get_submodule(node.target)
         meta = node.meta.get("tensor_meta")
-        if (type(producer) is not PackedBinaryConv2d or producer.post is not None or producer.conv1d
-                or meta is None or len(getattr(meta, "shape", ())) != 4 or meta.dtype != torch.float32
-                or not _bytes_align(producer.groups, producer.out_channels)):
+        if (type(producer) is not PackedBinaryConv2d or producer.post is not None or meta is None
+                or len(getattr(meta, "shape", ())) != 4 or meta.dtype != torch.float32):
             continue
         consumer_node = None
-        for user in node.users:  # (insertion order = graph order)
+        for user in node.users:
             if user.op != "call_module" or not user.args or user.args[0] is not node or "packed" in user.kwargs:
                 continue
-            consumer = gm.get_submodule(user.target)
-            if (type(consumer) is PackedBinaryConv2d and not consumer.conv1d
-                    and _bytes_align(consumer.groups, consumer.in_channels)):
+            if producer.can_hand_bits_to(gm.get_submodule(user.target)):
                 consumer_node = user
                 break
         if consumer_node is None:

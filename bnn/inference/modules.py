@@ -94,8 +94,8 @@ class _Epilogue(nn.Module):
             row += rows
 
     def epilogue_program(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The whole epilogue as step codes ``[S]`` and per-channel parameters ``[S, C]``: scale, bias, the
-        fused steps (nothing when the layer emits its sums)."""
+        """The whole epilogue as step codes ``[S]`` and per-channel parameter rows ``[R, C]`` (one per step,
+        two for ``multiply_add``): scale, bias, the fused steps (nothing when the layer emits its sums)."""
         if self.emit_dot:
             return self.fused_codes[:0], self.fused_params[:0]
         codes, rows = [], []
@@ -131,6 +131,10 @@ class _Epilogue(nn.Module):
             else:
                 out = fused_multiply_add(out, values.view(shape).expand_as(out), rows[1].view(shape).expand_as(out))
         return out
+
+    def _conv_geometry(self) -> Tuple[int, int, Tuple[int, int], int]:
+        """``(out channels, in channels, kernel size, groups)`` of the layer as the kernels run it."""
+        raise NotImplementedError
 
     def _kernel_args(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The weights in the kernels' layout and the epilogue program, computed once (per set of buffers)."""
@@ -188,17 +192,24 @@ class PackedBinaryConv2d(_Epilogue):
     next_groups: int = 0
     next_stride: int = 0
 
+    def can_hand_bits_to(self, layer: nn.Module) -> bool:
+        """Whether :meth:`hand_bits_to` accepts ``layer``: both 2-d, this layer's outputs its inputs, and the
+        channels in whole bytes (the epilogue writes one byte per block of 8 channels)."""
+        def whole_bytes(groups: int, channels: int) -> bool:
+            return groups == 1 or (channels // groups) % 8 == 0
+        return (type(layer) is PackedBinaryConv2d and not self.conv1d and not layer.conv1d
+                and layer.in_channels == self.out_channels and whole_bytes(self.groups, self.out_channels)
+                and whole_bytes(layer.groups, layer.in_channels))
+
     def hand_bits_to(self, layer: "PackedBinaryConv2d") -> None:
         """Make this layer's kernel epilogue also write ``layer``'s packed input (its compare with
         ``layer``'s thresholds, in its layout): ``forward`` then returns ``(output, bits)``, and ``layer`` is
         called with ``packed=bits``. Only the converter calls this (:func:`bnn.inference.fusion.hand_over_bits`),
         for 2-d layers whose channels fall in bytes: 8 output channels per block of this layer's groups, 8 input
         channels per group of ``layer``'s."""
-        if self.conv1d or layer.conv1d or layer.in_channels != self.out_channels:
-            raise ValueError("bits are handed over between 2-d packed convolutions, output to input channels")
-        for groups, channels in ((self.groups, self.out_channels), (layer.groups, layer.in_channels)):
-            if groups != 1 and (channels // groups) % 8:
-                raise ValueError("handing over bits needs 8 channels per group (or one group) on both sides")
+        if not self.can_hand_bits_to(layer):
+            raise ValueError("bits are handed over between 2-d packed convolutions, output to input channels, "
+                             "with 8 channels per group (or one group) on both sides")
         self.register_buffer("next_threshold", layer.threshold.clone())
         self.register_buffer("next_direction", layer.direction.clone())
         self.next_groups, self.next_stride = layer.groups, layer.stride[1]
