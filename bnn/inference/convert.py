@@ -50,6 +50,36 @@ class ConversionError(ValueError):
     """A layer the converter cannot turn into inference form; the message names it and says why."""
 
 
+_IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
+
+
+def _changes_in_place(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """A node that may write into its first argument: ``x.relu_()``, ``x += y``, an ``inplace=True`` module."""
+    if node.op == "call_method":
+        return node.target.endswith("_")
+    if node.op == "call_function":
+        return node.target in _IN_PLACE_FUNCTIONS or getattr(node.target, "__name__", "").endswith("_")
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    return False
+
+
+def _refuse_stale_uses(gm: torch.fx.GraphModule) -> None:
+    """The converter works on values: a tensor used again after an in-place change (``y.relu_()``, then
+    ``conv(y)``) would be converted as if unchanged. Such graphs are refused, naming the nodes."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in gm.graph.nodes:
+        if not node.args or not isinstance(node.args[0], torch.fx.Node) or not _changes_in_place(gm, node):
+            continue
+        changed = node.args[0]
+        later = [u for u in changed.users if u is not node and order[u] > order[node]]
+        if later:
+            raise ConversionError(
+                f"{node.name!r} changes {changed.name!r} in place, and {later[0].name!r} uses {changed.name!r} "
+                f"after that; the converter works on values: use the result of the in-place operation "
+                f"(y = y.relu_()) or an out-of-place one")
+
+
 def _tensor_input(node: torch.fx.Node) -> Optional[torch.fx.Node]:
     """The single tensor input of a per-channel operation node, or None if the node is not one."""
     if node.op == "call_module":
@@ -258,6 +288,7 @@ def to_inference(model: nn.Module, example_inputs: Inputs) -> "InferenceModel":
     gm = torch.fx.GraphModule(model, graph)
     # a layer called at several places has one set of thresholds: fold nothing into it (its call sites may
     # have different operations before them)
+    _refuse_stale_uses(gm)
     calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     with torch.no_grad():
         ShapeProp(gm).propagate(*inputs)

@@ -211,7 +211,8 @@ def hand_over_bits(gm: torch.fx.GraphModule) -> int:
     """Where a packed 2-d convolution's output is the input of another packed convolution, make the first
     write the second's packed input in its epilogue (:meth:`PackedBinaryConv2d.hand_bits_to`): its node then
     returns ``(output, bits)``, its users take ``[0]``, the second layer ``packed=[1]``. One consumer per
-    layer. Returns the number of hand-overs; call ``gm.recompile()``."""
+    layer. Returns the number of hand-overs; call ``gm.recompile()``. (The bits are the output's value when
+    the layer ran: :func:`bnn.to_inference` refuses graphs that use a tensor after changing it in place.)"""
     calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     linked = 0
     for node in list(gm.graph.nodes):

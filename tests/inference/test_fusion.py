@@ -840,3 +840,45 @@ def test_batchnorm_whose_rounding_no_candidate_matches_stays(monkeypatch):
     fast = to_inference(model, x)
     check_outputs(fast, model, x)
     assert "bn" in call_nodes(fast) and fused_steps(packed(fast))[:1] != ["multiply_add"]
+
+
+# ------------------------------------------------------------- 9. bits handed from one packed conv to the next
+
+class TwoBinaryConvs(nn.Module):
+    """conv2 takes conv1's output; ``in_place``: an in-place change of that output comes between them."""
+
+    def __init__(self, channels, in_place=None):
+        super().__init__()
+        self.in_place = in_place
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        if self.in_place == "method":
+            y.mul_(-1.0)
+        elif self.in_place == "module":
+            self.relu(y)
+        return self.conv2(y) + 0.0 * y.mean()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bits_handed_over_between_packed_convs(path, monkeypatch):
+    config = bnn.BConfig(activation_pre_process=BasicInputBinarizer, weight_pre_process=XNORWeightBinarizer)
+    model, x, fast = converted("hand-over", lambda: binarized(TwoBinaryConvs(16), config, seed=70),
+                               example((16, 8, 9, 2), seed=71))
+    use_path(path, monkeypatch)
+    check_outputs(fast, model, x, with_zeros(x), -x)
+    assert packed(fast, "conv1").next_groups == 1 and packed(fast, "conv1").next_stride == 2
+    [consumer] = [n for n in fast.graph_module.graph.nodes if n.target == "conv2"]
+    assert consumer.kwargs["packed"].target is operator.getitem and consumer.kwargs["packed"].args[1] == 1
+
+
+@pytest.mark.parametrize("in_place", ["method", "module"])
+def test_a_tensor_used_after_an_in_place_change_is_refused(in_place):
+    """The bits (and the thresholds) would be those of the tensor before the change: a clear error instead."""
+    config = bnn.BConfig(activation_pre_process=BasicInputBinarizer, weight_pre_process=XNORWeightBinarizer)
+    model = binarized(TwoBinaryConvs(16, in_place), config, seed=72)
+    with pytest.raises(ConversionError, match="in place.*conv1.*conv2|in place.*conv2"):
+        to_inference(model, example((16, 8, 9, 2), seed=73))
