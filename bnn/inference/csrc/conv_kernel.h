@@ -186,9 +186,30 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
 #endif
   const int64_t row_words = s.groups * s.wg * s.sw * s.wp;  // one input row, all groups and words
   const int64_t word_stride = s.sw * s.wp;                  // from one word of 64 channels to the next
-  for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t oh = task % s.ho, b = (task / s.ho) % blocks, g = (task / (s.ho * blocks)) % s.groups;
-    const int64_t n = task / (s.ho * blocks * s.groups), c0 = b * kChannels;
+  // the row's pixel vectors in blocks of at most kPixelVectors, as even as possible (7 = 3 + 2 + 2)
+  const int64_t nblocks = (vectors + kPixelVectors - 1) / kPixelVectors;
+  std::vector<int> block_vectors(nblocks);
+  for (int64_t blk = 0; blk < nblocks; ++blk)
+    block_vectors[blk] = static_cast<int>(vectors / nblocks + (blk < vectors % nblocks ? 1 : 0));
+  // the task's coordinates, advanced by counting (no division per task: they cost more than the rest of the
+  // bookkeeping together)
+  int64_t oh = task_begin % s.ho, b = (task_begin / s.ho) % blocks, g = (task_begin / (s.ho * blocks)) % s.groups;
+  int64_t n = task_begin / (s.ho * blocks * s.groups);
+  const int64_t pack_row_bytes = e.pack ? e.pack->groups * e.pack->wg * e.pack->sw * e.pack->wp * 8 : 0;
+  int64_t pack_key = -1;
+  uint8_t* pack_base = nullptr;
+  for (int64_t task = task_begin; task < task_end; ++task, ++oh) {
+    if (oh == s.ho) {
+      oh = 0;
+      if (++b == blocks) {
+        b = 0;
+        if (++g == s.groups) {
+          g = 0;
+          ++n;
+        }
+      }
+    }
+    const int64_t c0 = b * kChannels;
     const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
     if (channels <= 0) continue;
     int64_t taps = 0, rows = 0;
@@ -206,11 +227,13 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
     const int64_t* row_valid = n_valid.data() + rows * wo_pad;
     const float* row_valid_f = n_valid_f.data() + rows * wo_pad;
     const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
-    uint8_t* const bits_row = e.pack ? e.pack->row(n, s.ho, oh, co0) : nullptr;
-    // the row's pixel vectors in blocks of at most kPixelVectors, as even as possible (7 = 3 + 2 + 2)
-    const int64_t nblocks = (vectors + kPixelVectors - 1) / kPixelVectors;
+    if (e.pack && n * s.cout + co0 != pack_key) {  // a new block of channels: its bytes' first row
+      pack_key = n * s.cout + co0;
+      pack_base = e.pack->row(n, s.ho, 0, co0);
+    }
+    uint8_t* const bits_row = e.pack ? pack_base + oh * pack_row_bytes : nullptr;
     for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
-      const int p = static_cast<int>(vectors / nblocks + (blk < vectors % nblocks ? 1 : 0));
+      const int p = block_vectors[blk];
       const int64_t ow0 = v * kLanes;
       const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
                            e.residual ? e.residual + offset + ow0 : nullptr,
