@@ -1,6 +1,6 @@
 r"""Packed binary inference vs float PyTorch on this CPU, measured side by side in one process.
 
-    python benchmarks/inference.py [--repeats 15] [--number 10] [--threads 1,2] [--batches 1,8]
+    python benchmarks/inference.py [--repeats 15] [--number 10] [--threads 1,2] [--batches 1,8] [--settle 0.01]
                                    [--skip-layers] [--skip-models]
 
 1. Per layer: ReActNet-18 and ReActNet-A conv shapes, packed binary layer (threshold + pack + XNOR-popcount
@@ -13,7 +13,8 @@ r"""Packed binary inference vs float PyTorch on this CPU, measured side by side 
    recipes/abbnn-pow2.yaml, converted) vs float torchvision resnet18 and mobilenet_v2, and ``reactnet18``
    (recipes/reactnet.yaml, with BatchNorm) vs resnet18: latency at batch 1, throughput at batch 8.
 3. Memory: packed model file vs float32 parameters.
-Figures are medians of repeats, the contenders interleaved; ratios are float time / binary time.
+Figures are medians of repeats, the contenders interleaved, each in its steady state (``--settle``: in every
+round, it first runs untimed for that long); ratios are float time / binary time.
 """
 import argparse
 import copy
@@ -90,7 +91,7 @@ def bench_layers(args):
                 network = in_network(layer, x)
                 if network is not None:
                     contenders["network"] = network
-                t = median_times(contenders, args.repeats, number=args.number)
+                t = median_times(contenders, args.repeats, number=args.number, settle=args.settle)
                 ratio = t["float"] / t["binary"]
                 in_net = t["float"] / t["network"] if network is not None else float("nan")
                 rows.append((name, batch, threads, ratio, in_net))
@@ -123,7 +124,7 @@ def bench_linears(args):
             for batch in args.batches:
                 x = torch.randn(batch, cin, generator=g)
                 t = median_times({"float": lambda: F.linear(x, weight), "binary": lambda: layer(x)}, args.repeats,
-                                 number=args.number)
+                                 number=args.number, settle=args.settle)
                 print(f"{name:<32} {batch:>5} {threads:>3} {t['float'] * 1e3:>9.3f} {t['binary'] * 1e3:>9.3f} "
                       f"{t['float'] / t['binary']:>8.1f}x", flush=True)
 
@@ -159,9 +160,10 @@ def bench_models(args):
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 x1, x8 = torch.randn(1, 3, 224, 224), torch.randn(8, 3, 224, 224)
-                t1 = median_times({"float": lambda: reference(x1), "binary": lambda: fast(x1)}, args.repeats)
-                t8 = median_times({"float": lambda: reference(x8), "binary": lambda: fast(x8)},
-                                  args.repeats)
+                t1 = median_times({"float": lambda: reference(x1), "binary": lambda: fast(x1)}, args.repeats,
+                                  settle=args.settle)
+                t8 = median_times({"float": lambda: reference(x8), "binary": lambda: fast(x8)}, args.repeats,
+                                  settle=args.settle)
                 print(f"{binary_name:<20} {float_name:<14} {threads:>3} "
                       f"{t1['float'] * 1e3:>13.1f} / {t1['binary'] * 1e3:<12.1f} {t1['float'] / t1['binary']:>8.1f}x "
                       f"{8 / t8['float']:>16.1f} / {8 / t8['binary']:<15.1f} {t8['float'] / t8['binary']:>8.1f}x",
@@ -179,6 +181,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--number", type=int, default=10, help="runs of each layer per round (per-layer table)")
+    p.add_argument("--settle", type=float, default=0.01,
+                   help="seconds each contender runs untimed before its timed runs, in every round (its steady "
+                        "state: the core runs slower for a few ms after another contender's float convolution)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes for the per-layer table")
     p.add_argument("--skip-layers", action="store_true")

@@ -1,6 +1,7 @@
 """median_times: warm-up, interleaved rounds, medians."""
 import time
 
+from bnn import timing
 from bnn.timing import median_times
 
 
@@ -21,3 +22,20 @@ def test_number_runs_each_contender_several_times_per_round_and_reports_seconds_
                      repeats=2, warmup=1, number=3)
     assert calls == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 2
     assert 0.001 <= t["b"] < 0.003  # per run, not per round of 3
+
+
+def test_settle_runs_each_contender_untimed_until_that_long_has_passed_in_every_round(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def contender(name, seconds):
+        def run():
+            calls.append(name)
+            clock[0] += seconds
+        return run
+
+    t = median_times({"a": contender("a", 1.0), "b": contender("b", 0.5)}, repeats=2, warmup=0, number=2, settle=2.5)
+    # per round: "a" 3 runs untimed (1, 2, 3 s >= 2.5), 2 timed; "b" 5 untimed (0.5 ... 2.5 s), 2 timed
+    assert calls == (["a"] * 5 + ["b"] * 7) * 2
+    assert t == {"a": 1.0, "b": 0.5}

@@ -140,7 +140,7 @@ class _Epilogue(nn.Module):
         """The weights in the kernels' layout and the epilogue program, computed once (per set of buffers)."""
         b = self._buffers  # (not nn.Module.__getattr__: this runs at every call)
         key = (b["weight_bits"], b["scale"], b["bias"], b["fused_codes"], b["fused_params"], self.emit_dot)
-        cached = getattr(self, "_kernel_cache", None)
+        cached = self.__dict__.get("_kernel_cache")
         if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
             out_channels, in_channels, kernel_size, groups = self._conv_geometry()
             layout = kernels.conv_weight_layout(self.weight_bits, out_channels, in_channels, kernel_size, groups)
@@ -217,10 +217,13 @@ class PackedBinaryConv2d(_Epilogue):
     def _next_input(self, n: int, h: int, w: int) -> torch.Tensor:
         """The words of the next layer's packed input for an output of ``n`` x ``h`` x ``w``: zeros where the
         epilogue writes nothing (the padding of a group's last word, the phases' words past the row's end)."""
-        cin_g = self.out_channels // self.next_groups
-        wp = -(-w // self.next_stride)
-        shape = (n, h, self.next_groups, -(-cin_g // 64), self.next_stride, wp)
-        full = cin_g % 64 == 0 and wp * self.next_stride == w
+        cached = self.__dict__.get("_next_input_shape")  # (the shape of the last call's: this runs at every call)
+        if cached is None or cached[0] != (n, h, w):
+            cin_g = self.out_channels // self.next_groups
+            wp = -(-w // self.next_stride)
+            shape = (n, h, self.next_groups, -(-cin_g // 64), self.next_stride, wp)
+            cached = self._next_input_shape = ((n, h, w), shape, cin_g % 64 == 0 and wp * self.next_stride == w)
+        _, shape, full = cached
         return torch.empty(shape, dtype=torch.int64) if full else torch.zeros(shape, dtype=torch.int64)
 
     #: Set by the converter when a per-channel module (RPReLU, PReLU, LearnableBias) was fused: such a module
@@ -239,27 +242,29 @@ class PackedBinaryConv2d(_Epilogue):
         xb = x.unsqueeze(0) if unbatched else x
         rb = residual.unsqueeze(0) if unbatched and residual is not None else residual
         x4 = xb.unsqueeze(2) if self.conv1d else xb
-        isa = kernels.kernel_isa() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-        next_threshold = self._buffers.get("next_threshold")
+        # (every attribute read here avoids nn.Module.__getattr__: this is the per-call cost of the layer)
+        isa = kernels.kernel_isa() if x.is_cpu and x.dtype == torch.float32 else None
+        buffers, post = self._buffers, self._modules.get("post")
+        next_threshold = buffers.get("next_threshold")
         bits_out = None
         if isa is not None and (rb is None or rb.dtype == torch.float32):
             ext = kernels.extension()
             weight, codes, params = self._kernel_args()
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
             if packed is None:
-                packed = ext.pack_input(x4, self.threshold, self.direction, self.groups, self.stride[1], isa)
+                packed = ext.pack_input(x4, buffers["threshold"], buffers["direction"], self.groups, sw, isa)
             r4 = None if rb is None else (rb.unsqueeze(2) if self.conv1d else rb)
+            n, _, h, w = x4.shape
             if next_threshold is not None:
-                (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-                bits_out = self._next_input(x4.shape[0], (x4.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-                                            (x4.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
-            out = ext.binary_conv2d(packed, x4.shape[-1], weight, self.in_channels, self.out_channels, *self.kernel_size,
-                                    *self.stride, *self.padding, *self.dilation, self.groups, codes, params, r4,
-                                    bits_out, next_threshold, self._buffers.get("next_direction"), self.next_groups,
-                                    isa)
+                bits_out = self._next_input(n, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+                                            (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+            out = ext.binary_conv2d(packed, w, weight, self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw,
+                                    dh, dw, self.groups, codes, params, r4, bits_out, next_threshold,
+                                    buffers.get("next_direction"), self.next_groups, isa)
             if self.conv1d:
                 out = out.squeeze(2)
-            if self.post is not None and not self.emit_dot:
-                out = self.post(out, xb)
+            if post is not None and not self.emit_dot:
+                out = post(out, xb)
         else:
             bits = self.input_bits(x4)
             dot = binary_conv2d_reference(bits, self.weight_bits, self.kernel_size, self.stride, self.padding,
