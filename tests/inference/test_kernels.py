@@ -31,7 +31,7 @@ def run(layer, x, path, monkeypatch):
 
 # widths up to 41: rows of several SIMD vectors (8 pixels each on AVX-512), in register blocks of 1 to 3
 @settings(max_examples=150, deadline=None)
-@given(cin_groups=st.sampled_from([(1, 1), (3, 1), (64, 1), (65, 1), (130, 2), (8, 4), (16, 16)]),
+@given(cin_groups=st.sampled_from([(1, 1), (3, 1), (32, 1), (64, 1), (65, 1), (130, 2), (8, 4), (16, 16)]),
        cout_per_group=st.integers(1, 37), kh=st.sampled_from([1, 2, 3, 5]), kw=st.sampled_from([1, 2, 3, 5]),
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
        dh=st.integers(1, 2), dw=st.integers(1, 2), height=st.integers(3, 9), width=st.integers(3, 41),
@@ -97,6 +97,25 @@ def test_handing_over_needs_whole_bytes_of_channels():
         packed_conv(8, 12, 3, 1, 1, 1, 2, seed=0).hand_bits_to(packed_conv(12, 8, 3, 1, 1, 1, 1, seed=1))
     with pytest.raises(ValueError, match="8 channels per group"):
         packed_conv(8, 12, 3, 1, 1, 1, 1, seed=0).hand_bits_to(packed_conv(12, 12, 3, 1, 1, 1, 3, seed=1))
+
+
+# groups of at most 32 input channels take the AVX-512 half-word path (32-bit lanes, 16 pixels per vector):
+# rows of several of its register blocks (up to 48 pixels each), odd and even counts of 8-pixel vectors, and
+# the bits it hands to the next layer; 33 channels per group is the first count the 64-bit path takes again
+@pytest.mark.parametrize("cin, groups", [(32, 1), (17, 1), (64, 2), (33, 1)])
+@pytest.mark.parametrize("width, stride", [(49, 1), (97, 1), (112, 1), (113, 2)])
+def test_wide_rows_of_narrow_groups(cin, groups, width, stride, monkeypatch):
+    first = packed_conv(cin, 32, 3, stride, 1, 1, groups, seed=width)
+    first.fuse("add", torch.randn(32, generator=torch.Generator().manual_seed(cin)))
+    x = torch.randn(2, cin, 5, width, generator=torch.Generator().manual_seed(width))
+    expected = run(first, x, "reference", monkeypatch)
+    for path in PATHS:
+        assert torch.equal(run(first, x, path, monkeypatch), expected), path
+    second = packed_conv(32, 16, 3, 1, 1, 1, 1, seed=cin)
+    first.hand_bits_to(second)
+    for path in PATHS:
+        out, bits = run(first, x, path, monkeypatch)
+        assert torch.equal(out, expected) and torch.equal(bits, reference_bits(second, out)), path
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -164,24 +164,97 @@ inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<
 // With a PackOut, each channel's compare sets its bit in a vector of 16 bytes (one per pixel), then stored
 // to the pixels' words.
 #define BNN_DIRECT_EPILOGUE
-template <int P>
-inline void finish_block(Vec (&acc)[P][kChannels], const int64_t*, const BlockOut& out) {
-  constexpr int Q = (P + 1) / 2;
+// The epilogue of 16 pixels (from pixel 16 q of the block, `lanes` of them valid, mask m) x 8 channels, whose
+// float sums are in f.
+__attribute__((always_inline)) inline void finish_pixels(__m512 (&f)[kChannels], int q, int64_t lanes, __mmask16 m,
+                                                         const BlockOut& out) {
   const Epilogue& e = *out.e;
   const int64_t channels = out.channels, channel_stride = out.channel_stride, steps = e.steps, prm_stride = e.channels;
   const int64_t* const codes = e.codes;
   float* const dst = out.out;
   const float* const residual = out.residual;
-  const float* const prm0 = e.params + out.co0;
   uint8_t* const bits_row = out.bits;
+  // per step, one branch, then the 8 channels' vectors in registers; a channel past the block's end (its
+  // parameters and residual would be past the arrays' ends) reads channel 0's and is never stored
+  const float* prm = e.params + out.co0;
+  for (int64_t s = 0; s < steps; ++s, prm += prm_stride) {
+#define BNN_PARAM(c) _mm512_set1_ps(prm[(c) < channels ? (c) : 0])
+    switch (codes[s]) {
+      case kMultiply:
+#pragma GCC unroll 16
+        for (int c = 0; c < kChannels; ++c) f[c] = _mm512_mul_ps(f[c], BNN_PARAM(c));
+        break;
+      case kAdd:
+#pragma GCC unroll 16
+        for (int c = 0; c < kChannels; ++c) f[c] = _mm512_add_ps(f[c], BNN_PARAM(c));
+        break;
+      case kAddResidual:
+#pragma GCC unroll 16
+        for (int c = 0; c < kChannels; ++c)
+          f[c] = _mm512_add_ps(f[c], _mm512_maskz_loadu_ps(c < channels ? m : static_cast<__mmask16>(0),
+                                                           residual + (c < channels ? c : 0) * channel_stride + q * 16));
+        break;
+      case kPReLU:  // where not (v > 0), NaN included: p * v
+#pragma GCC unroll 16
+        for (int c = 0; c < kChannels; ++c)
+          f[c] = _mm512_mask_mul_ps(f[c], _mm512_cmp_ps_mask(f[c], _mm512_setzero_ps(), _CMP_NGT_UQ), BNN_PARAM(c), f[c]);
+        break;
+      case kMultiplyAdd:
+#pragma GCC unroll 16
+        for (int c = 0; c < kChannels; ++c)
+          f[c] = _mm512_fmadd_ps(f[c], BNN_PARAM(c), _mm512_set1_ps(prm[prm_stride + (c < channels ? c : 0)]));
+        prm += prm_stride;
+        break;
+    }
+#undef BNN_PARAM
+  }
+  __m512i bits = _mm512_setzero_si512();
+#pragma GCC unroll 16
+  for (int c = 0; c < kChannels; ++c) {
+    if (c >= channels) break;
+    _mm512_mask_storeu_ps(dst + c * channel_stride + q * 16, m, f[c]);
+    if (bits_row) {
+      const float t = e.pack->threshold[out.co0 + c];
+      const int8_t d = e.pack->direction[out.co0 + c];
+      const __mmask16 k = d > 0   ? _mm512_cmp_ps_mask(f[c], _mm512_set1_ps(t), _CMP_GE_OQ)
+                          : d < 0 ? _mm512_cmp_ps_mask(f[c], _mm512_set1_ps(t), _CMP_LE_OQ)
+                                  : static_cast<__mmask16>(t > 0.0f ? 0xffff : 0);
+      bits = _mm512_mask_or_epi32(bits, k, bits, _mm512_set1_epi32(1 << c));
+    }
+  }
+  if (bits_row) {
+    alignas(16) uint8_t bytes[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(bits));
+    const int64_t ow = out.ow0 + q * 16, sw = e.pack->sw, wp = e.pack->wp;
+    if (sw == 1) {
+      uint8_t* b = bits_row + ow * 8;
+      for (int64_t j = 0; j < lanes; ++j) b[j * 8] = bytes[j];
+    } else {
+      for (int64_t j = 0; j < lanes; ++j) bits_row[phase_word(ow + j, sw, wp) * 8] = bytes[j];
+    }
+  }
+}
+
+// The pixels 16 q .. 16 q + 15 of a block: how many are valid, and their mask.
+inline int64_t valid_lanes(const BlockOut& out, int q, int64_t lanes_here) {
+  return std::min<int64_t>(out.valid - q * 16, lanes_here);
+}
+inline __mmask16 lanes_mask(int64_t lanes) {
+  return lanes >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << lanes) - 1);
+}
+
+// The epilogue on the register block of dot_block (P vectors of 8 pixels, 64-bit sums), 16 pixels at a time:
+// n_valid - 2 * popcounts in float (every value is an integer below 2^24, so the multiply-add is exact and equals
+// the reference's float(int32 sum)), then finish_pixels.
+template <int P>
+inline void finish_block(Vec (&acc)[P][kChannels], const int64_t*, const BlockOut& out) {
+  constexpr int Q = (P + 1) / 2;
 #pragma GCC unroll 4
   for (int q = 0; q < Q; ++q) {
-    const int64_t lanes = std::min<int64_t>(out.valid - q * 16, (2 * q + 1 < P ? 16 : 8));
-    const __mmask16 m = lanes >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << lanes) - 1);
+    const int64_t lanes = valid_lanes(out, q, 2 * q + 1 < P ? 16 : 8);
+    const __mmask16 m = lanes_mask(lanes);
     constexpr int kZero = 0;  // (the index of a vector that exists, for the odd P's missing high half)
     const int hi_p = 2 * q + 1 < P ? 2 * q + 1 : kZero;
-    // n_valid - 2 * popcounts in float: every value is an integer below 2^24, so the multiply-add is exact
-    // and equals the reference's float(int32 sum)
     const __m512 nv = _mm512_maskz_loadu_ps(m, out.n_valid + q * 16), minus_two = _mm512_set1_ps(-2.0f);
     __m512 f[kChannels];
 #pragma GCC unroll 16
@@ -191,67 +264,67 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t*, const BlockOu
       f[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo32), hi32, 1)),
                              minus_two, nv);
     }
-    // per step, one branch, then the 8 channels' vectors in registers; a channel past the block's end (its
-    // parameters and residual would be past the arrays' ends) reads channel 0's and is never stored
-    const float* prm = prm0;
-    for (int64_t s = 0; s < steps; ++s, prm += prm_stride) {
-#define BNN_PARAM(c) _mm512_set1_ps(prm[(c) < channels ? (c) : 0])
-      switch (codes[s]) {
-        case kMultiply:
+    finish_pixels(f, q, lanes, m, out);
+  }
+}
+
+// Groups of at most 32 input channels: the high half of every word is zero, so the low halves of 16 pixels'
+// words make one vector of 32-bit lanes, and each xor / popcount / add covers twice the pixels. The same sums
+// as dot_block, for P vectors of 8 pixels (taken in pairs), with the same arguments.
+template <int P>
+inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_col,
+                           int64_t taps, int64_t wg, int64_t in_word_stride, int64_t cob, const uint64_t* wt,
+                           const uint8_t* masks, int64_t kw, const int64_t*, const BlockOut& out) {
+  constexpr int Q = (P + 1) / 2;
+  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  __m512i acc[Q][kChannels];
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q)
 #pragma GCC unroll 16
-          for (int c = 0; c < kChannels; ++c) f[c] = _mm512_mul_ps(f[c], BNN_PARAM(c));
-          break;
-        case kAdd:
-#pragma GCC unroll 16
-          for (int c = 0; c < kChannels; ++c) f[c] = _mm512_add_ps(f[c], BNN_PARAM(c));
-          break;
-        case kAddResidual:
-#pragma GCC unroll 16
-          for (int c = 0; c < kChannels; ++c)
-            f[c] = _mm512_add_ps(f[c], _mm512_maskz_loadu_ps(c < channels ? m : static_cast<__mmask16>(0),
-                                                             residual + (c < channels ? c : 0) * channel_stride + q * 16));
-          break;
-        case kPReLU:  // where not (v > 0), NaN included: p * v
-#pragma GCC unroll 16
-          for (int c = 0; c < kChannels; ++c)
-            f[c] = _mm512_mask_mul_ps(f[c], _mm512_cmp_ps_mask(f[c], _mm512_setzero_ps(), _CMP_NGT_UQ), BNN_PARAM(c), f[c]);
-          break;
-        case kMultiplyAdd:
-#pragma GCC unroll 16
-          for (int c = 0; c < kChannels; ++c)
-            f[c] = _mm512_fmadd_ps(f[c], BNN_PARAM(c), _mm512_set1_ps(prm[prm_stride + (c < channels ? c : 0)]));
-          prm += prm_stride;
-          break;
+    for (int c = 0; c < kChannels; ++c) acc[q][c] = _mm512_setzero_si512();
+  for (int64_t t = 0; t < taps; ++t) {
+    __mmask8 m8[2 * Q];
+    __mmask16 m[Q];
+#pragma GCC unroll 8
+    for (int p = 0; p < 2 * Q; ++p) m8[p] = p < P ? masks[p * kw + tap_col[t]] : 0;
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) m[q] = _mm512_kunpackb(m8[2 * q + 1], m8[2 * q]);
+    const uint64_t* a = in + tap_in[t];
+    const uint64_t* w = wt + tap_w[t];
+    for (int64_t k = 0; k < wg; ++k) {
+      __m512i x[Q];
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q) {
+        const uint64_t* src = a + k * in_word_stride + q * 16;
+        x[q] = _mm512_permutex2var_epi32(_mm512_maskz_loadu_epi64(m8[2 * q], src), low_halves,
+                                         _mm512_maskz_loadu_epi64(m8[2 * q + 1], src + 8));
       }
-#undef BNN_PARAM
-    }
-    __m512i bits = _mm512_setzero_si512();
+      const uint64_t* wk = w + k * cob;
 #pragma GCC unroll 16
-    for (int c = 0; c < kChannels; ++c) {
-      if (c >= channels) break;
-      _mm512_mask_storeu_ps(dst + c * channel_stride + q * 16, m, f[c]);
-      if (bits_row) {
-        const float t = e.pack->threshold[out.co0 + c];
-        const int8_t d = e.pack->direction[out.co0 + c];
-        const __mmask16 k = d > 0   ? _mm512_cmp_ps_mask(f[c], _mm512_set1_ps(t), _CMP_GE_OQ)
-                            : d < 0 ? _mm512_cmp_ps_mask(f[c], _mm512_set1_ps(t), _CMP_LE_OQ)
-                                    : static_cast<__mmask16>(t > 0.0f ? 0xffff : 0);
-        bits = _mm512_mask_or_epi32(bits, k, bits, _mm512_set1_epi32(1 << c));
-      }
-    }
-    if (bits_row) {
-      alignas(16) uint8_t bytes[16];
-      _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(bits));
-      const int64_t ow = out.ow0 + q * 16, sw = e.pack->sw, wp = e.pack->wp;
-      if (sw == 1) {
-        uint8_t* b = bits_row + ow * 8;
-        for (int64_t j = 0; j < lanes; ++j) b[j * 8] = bytes[j];
-      } else {
-        for (int64_t j = 0; j < lanes; ++j) bits_row[phase_word(ow + j, sw, wp) * 8] = bytes[j];
+      for (int c = 0; c < kChannels; ++c) {
+        const __m512i wv = _mm512_set1_epi32(static_cast<int32_t>(wk[c]));
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; ++q)
+          acc[q][c] = _mm512_mask_add_epi32(acc[q][c], m[q], acc[q][c], _mm512_popcnt_epi32(_mm512_xor_si512(x[q], wv)));
       }
     }
   }
+  const __m512 minus_two = _mm512_set1_ps(-2.0f);
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q) {
+    const int64_t lanes = valid_lanes(out, q, 2 * q + 1 < P ? 16 : 8);
+    const __mmask16 mq = lanes_mask(lanes);
+    const __m512 nv = _mm512_maskz_loadu_ps(mq, out.n_valid + q * 16);
+    __m512 f[kChannels];
+#pragma GCC unroll 16
+    for (int c = 0; c < kChannels; ++c) f[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[q][c]), minus_two, nv);
+    finish_pixels(f, q, lanes, mq, out);
+  }
 }
+
+// The half-word path's blocks: up to 6 vectors of 8 pixels (3 vectors of 16 lanes, 24 accumulators).
+#define BNN_HALF_WORDS
+constexpr int kHalfPixelVectors = 6;
 #include "conv_kernel.h"
 #undef BNN_DIRECT_EPILOGUE
 

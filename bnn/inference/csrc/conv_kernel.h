@@ -7,7 +7,9 @@
 // load, zeros where the mask is off, no fault there), macc (add where the mask is on), vzero, vbcast, vxor,
 // vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32); and, if it defines BNN_DIRECT_EPILOGUE,
 // finish_block, which runs the epilogue on a register block and writes the output and the next layer's
-// bits (else the sums go to a tile, and finish_tile runs the epilogue on it).
+// bits (else the sums go to a tile, and finish_tile runs the epilogue on it); and, if it defines
+// BNN_HALF_WORDS, dot_block_half<P> (dot_block's arguments and sums, for groups of at most 32 input channels)
+// with blocks of up to kHalfPixelVectors vectors, in pairs.
 //
 // Vector lanes run over output pixels of one row, so the sums of one output channel are contiguous, as
 // the NCHW output is: no transposition before the epilogue. The packed input is phase-split by the stride
@@ -66,15 +68,20 @@ inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* 
 using DotBlockFn = void (*)(const uint64_t*, const int64_t*, const int64_t*, const int*, int64_t, int64_t, int64_t,
                             int64_t, const uint64_t*, const uint8_t*, int64_t, const int64_t*, const BlockOut&);
 
-inline DotBlockFn dot_block_for(int p) {
-  static_assert(kPixelVectors <= 4, "extend the table below");
-  switch (p) {
-    case 1: return &dot_block<1>;
-    case 2: return &dot_block<(2 <= kPixelVectors ? 2 : 1)>;
-    case 3: return &dot_block<(3 <= kPixelVectors ? 3 : 1)>;
-    default: return &dot_block<(4 <= kPixelVectors ? 4 : 1)>;
-  }
-}
+// dot_block for P vectors (P <= kPixelVectors), at index P
+static_assert(kPixelVectors <= 4, "extend the table below");
+constexpr DotBlockFn kDotBlock[] = {nullptr, &dot_block<1>, &dot_block<(2 <= kPixelVectors ? 2 : 1)>,
+                                    &dot_block<(3 <= kPixelVectors ? 3 : 1)>, &dot_block<(4 <= kPixelVectors ? 4 : 1)>};
+#ifdef BNN_HALF_WORDS
+static_assert(kHalfPixelVectors == 6, "extend the table below");
+constexpr DotBlockFn kDotBlockHalf[] = {nullptr,
+                                        &dot_block_half<1>,
+                                        &dot_block_half<2>,
+                                        &dot_block_half<3>,
+                                        &dot_block_half<4>,
+                                        &dot_block_half<5>,
+                                        &dot_block_half<6>};
+#endif
 
 #ifndef BNN_DIRECT_EPILOGUE
 // The epilogue of a task's tile (channels x wo_pad sums): float(sum), then the steps in order, each over
@@ -186,11 +193,24 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
 #endif
   const int64_t row_words = s.groups * s.wg * s.sw * s.wp;  // one input row, all groups and words
   const int64_t word_stride = s.sw * s.wp;                  // from one word of 64 channels to the next
-  // the row's pixel vectors in blocks of at most kPixelVectors, as even as possible (7 = 3 + 2 + 2)
-  const int64_t nblocks = (vectors + kPixelVectors - 1) / kPixelVectors;
+  // the register blocks: dot_block's, or for groups of at most 32 input channels the half-word path's, whose
+  // vectors of 16 lanes are units of two pixel vectors
+#ifdef BNN_HALF_WORDS
+  const bool half = s.cin_g <= 32;
+  const DotBlockFn* const block_fns = half ? kDotBlockHalf : kDotBlock;
+  const int64_t unit = half ? 2 : 1, max_units = half ? kHalfPixelVectors / 2 : kPixelVectors;
+#else
+  const DotBlockFn* const block_fns = kDotBlock;
+  const int64_t unit = 1, max_units = kPixelVectors;
+#endif
+  // the row's units in blocks of at most max_units, as even as possible (7 = 3 + 2 + 2)
+  const int64_t units = (vectors + unit - 1) / unit, nblocks = (units + max_units - 1) / max_units;
   std::vector<int> block_vectors(nblocks);
-  for (int64_t blk = 0; blk < nblocks; ++blk)
-    block_vectors[blk] = static_cast<int>(vectors / nblocks + (blk < vectors % nblocks ? 1 : 0));
+  for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
+    block_vectors[blk] = static_cast<int>(std::min(unit * (units / nblocks + (blk < units % nblocks ? 1 : 0)),
+                                                   vectors - v));
+    v += block_vectors[blk];
+  }
   // the task's coordinates, advanced by counting (no division per task: they cost more than the rest of the
   // bookkeeping together)
   int64_t oh = task_begin % s.ho, b = (task_begin / s.ho) % blocks, g = (task_begin / (s.ho * blocks)) % s.groups;
@@ -238,7 +258,7 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
       const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
                            e.residual ? e.residual + offset + ow0 : nullptr,
                            tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row};
-      dot_block_for(p)(in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob, wt,
+      block_fns[p](in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob, wt,
                        masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
       v += p;
     }
