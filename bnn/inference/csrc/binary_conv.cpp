@@ -268,50 +268,13 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t*, const BlockOu
   }
 }
 
-// Groups of at most 32 input channels: the high half of every word is zero, so the low halves of 16 pixels'
-// words make one vector of 32-bit lanes, and each xor / popcount / add covers twice the pixels. The same sums
-// as dot_block, for P vectors of 8 pixels (taken in pairs), with the same arguments.
+// The epilogue on the register block of dot_block_half (Q vectors of 16 pixels, 32-bit sums), as finish_block.
+// (Not inlined: the dot loop compiles on its own, with its 24 accumulators in registers.)
 template <int P>
-inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_col,
-                           int64_t taps, int64_t wg, int64_t in_word_stride, int64_t cob, const uint64_t* wt,
-                           const uint8_t* masks, int64_t kw, const int64_t*, const BlockOut& out) {
-  constexpr int Q = (P + 1) / 2;
-  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  __m512i acc[Q][kChannels];
-#pragma GCC unroll 4
-  for (int q = 0; q < Q; ++q)
-#pragma GCC unroll 16
-    for (int c = 0; c < kChannels; ++c) acc[q][c] = _mm512_setzero_si512();
-  for (int64_t t = 0; t < taps; ++t) {
-    __mmask8 m8[2 * Q];
-    __mmask16 m[Q];
-#pragma GCC unroll 8
-    for (int p = 0; p < 2 * Q; ++p) m8[p] = p < P ? masks[p * kw + tap_col[t]] : 0;
-#pragma GCC unroll 4
-    for (int q = 0; q < Q; ++q) m[q] = _mm512_kunpackb(m8[2 * q + 1], m8[2 * q]);
-    const uint64_t* a = in + tap_in[t];
-    const uint64_t* w = wt + tap_w[t];
-    for (int64_t k = 0; k < wg; ++k) {
-      __m512i x[Q];
-#pragma GCC unroll 4
-      for (int q = 0; q < Q; ++q) {
-        const uint64_t* src = a + k * in_word_stride + q * 16;
-        x[q] = _mm512_permutex2var_epi32(_mm512_maskz_loadu_epi64(m8[2 * q], src), low_halves,
-                                         _mm512_maskz_loadu_epi64(m8[2 * q + 1], src + 8));
-      }
-      const uint64_t* wk = w + k * cob;
-#pragma GCC unroll 16
-      for (int c = 0; c < kChannels; ++c) {
-        const __m512i wv = _mm512_set1_epi32(static_cast<int32_t>(wk[c]));
-#pragma GCC unroll 4
-        for (int q = 0; q < Q; ++q)
-          acc[q][c] = _mm512_mask_add_epi32(acc[q][c], m[q], acc[q][c], _mm512_popcnt_epi32(_mm512_xor_si512(x[q], wv)));
-      }
-    }
-  }
+__attribute__((noinline)) void finish_half_block(__m512i (&acc)[(P + 1) / 2][kChannels], const BlockOut& out) {
   const __m512 minus_two = _mm512_set1_ps(-2.0f);
 #pragma GCC unroll 4
-  for (int q = 0; q < Q; ++q) {
+  for (int q = 0; q < (P + 1) / 2; ++q) {
     const int64_t lanes = valid_lanes(out, q, 2 * q + 1 < P ? 16 : 8);
     const __mmask16 mq = lanes_mask(lanes);
     const __m512 nv = _mm512_maskz_loadu_ps(mq, out.n_valid + q * 16);
@@ -320,6 +283,49 @@ inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int6
     for (int c = 0; c < kChannels; ++c) f[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[q][c]), minus_two, nv);
     finish_pixels(f, q, lanes, mq, out);
   }
+}
+
+// Groups of at most 32 input channels: the high half of every word is zero, so the low halves of 16 pixels'
+// words make one vector of 32-bit lanes, and each xor / popcount / add covers twice the pixels. The same sums
+// as dot_block, for P vectors of 8 pixels (taken in pairs), with the same arguments; one word per tap (wg = 1).
+template <int P>
+inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_col,
+                           int64_t taps, int64_t, int64_t, int64_t, const uint64_t* wt, const uint8_t* masks,
+                           int64_t kw, const int64_t*, const BlockOut& out) {
+  constexpr int Q = (P + 1) / 2;
+  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  __m512i acc[Q][kChannels];
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 16
+    for (int c = 0; c < kChannels; ++c) acc[q][c] = _mm512_setzero_si512();
+  for (int64_t t = 0; t < taps; ++t) {
+    const uint8_t* tap_masks = masks + tap_col[t];
+    const uint64_t* a = in + tap_in[t];
+    const uint64_t* w = wt + tap_w[t];
+    __mmask16 m[Q];
+    __m512i x[Q];
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) {
+      const __mmask8 lo = tap_masks[2 * q * kw], hi = 2 * q + 1 < P ? tap_masks[(2 * q + 1) * kw] : 0;
+      m[q] = _mm512_kunpackb(hi, lo);
+      x[q] = _mm512_permutex2var_epi32(_mm512_maskz_loadu_epi64(lo, a + q * 16), low_halves,
+                                       _mm512_maskz_loadu_epi64(hi, a + q * 16 + 8));
+    }
+#pragma GCC unroll 16
+    for (int c = 0; c < kChannels; ++c) {
+      const __m512i wv = _mm512_set1_epi32(static_cast<int32_t>(w[c]));
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q)
+        acc[q][c] = _mm512_add_epi32(acc[q][c], _mm512_maskz_popcnt_epi32(m[q], _mm512_xor_si512(x[q], wv)));
+    }
+  }
+  __m512i sums[Q][kChannels];  // (a copy: the accumulators' address is not taken, so they stay in registers)
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 16
+    for (int c = 0; c < kChannels; ++c) sums[q][c] = acc[q][c];
+  finish_half_block<P>(sums, out);
 }
 
 // The half-word path's blocks: up to 6 vectors of 8 pixels (3 vectors of 16 lanes, 24 accumulators).
