@@ -235,6 +235,11 @@ __attribute__((always_inline)) inline void finish_pixels(__m512 (&f)[kChannels],
   }
 }
 
+// The low 32 bits of the 64-bit lanes of a, then of b: one vector of 16 int32 lanes.
+inline __m512i low_halves(__m512i a, __m512i b) {
+  return _mm512_permutex2var_epi32(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+}
+
 // The pixels 16 q .. 16 q + 15 of a block: how many are valid, and their mask.
 inline int64_t valid_lanes(const BlockOut& out, int q, int64_t lanes_here) {
   return std::min<int64_t>(out.valid - q * 16, lanes_here);
@@ -258,12 +263,8 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t*, const BlockOu
     const __m512 nv = _mm512_maskz_loadu_ps(m, out.n_valid + q * 16), minus_two = _mm512_set1_ps(-2.0f);
     __m512 f[kChannels];
 #pragma GCC unroll 16
-    for (int c = 0; c < kChannels; ++c) {
-      const __m256i lo32 = _mm512_cvtepi64_epi32(acc[2 * q][c]);
-      const __m256i hi32 = 2 * q + 1 < P ? _mm512_cvtepi64_epi32(acc[hi_p][c]) : _mm256_setzero_si256();
-      f[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo32), hi32, 1)),
-                             minus_two, nv);
-    }
+    for (int c = 0; c < kChannels; ++c)  // (the sums are below 2^24: their low halves are the int32 values)
+      f[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low_halves(acc[2 * q][c], acc[hi_p][c])), minus_two, nv);
     finish_pixels(f, q, lanes, m, out);
   }
 }
@@ -293,7 +294,6 @@ inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int6
                            int64_t taps, int64_t, int64_t, int64_t, const uint64_t* wt, const uint8_t* masks,
                            int64_t kw, const int64_t*, const BlockOut& out) {
   constexpr int Q = (P + 1) / 2;
-  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   __m512i acc[Q][kChannels];
 #pragma GCC unroll 4
   for (int q = 0; q < Q; ++q)
@@ -309,8 +309,7 @@ inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int6
     for (int q = 0; q < Q; ++q) {
       const __mmask8 lo = tap_masks[2 * q * kw], hi = 2 * q + 1 < P ? tap_masks[(2 * q + 1) * kw] : 0;
       m[q] = _mm512_kunpackb(hi, lo);
-      x[q] = _mm512_permutex2var_epi32(_mm512_maskz_loadu_epi64(lo, a + q * 16), low_halves,
-                                       _mm512_maskz_loadu_epi64(hi, a + q * 16 + 8));
+      x[q] = low_halves(_mm512_maskz_loadu_epi64(lo, a + q * 16), _mm512_maskz_loadu_epi64(hi, a + q * 16 + 8));
     }
 #pragma GCC unroll 16
     for (int c = 0; c < kChannels; ++c) {
