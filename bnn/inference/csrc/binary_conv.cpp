@@ -1,5 +1,6 @@
-// Packed binary convolution on the CPU: XNOR-popcount over 64-bit words, three code paths chosen at run
-// time (AVX-512 with VPOPCNTDQ, AVX2, portable C++), threads from ATen's pool (torch.get_num_threads()).
+// Packed binary convolution on the CPU: XNOR-popcount over 64-bit words (on AVX-512, over their low 32-bit
+// halves when a group has at most 32 input channels), three code paths chosen at run time (AVX-512 with
+// VPOPCNTDQ, AVX2, portable C++), threads from ATen's pool (torch.get_num_threads()).
 //
 // Layouts (int64 words, bit i of a word = channel 64 * word + i of the group, 1 = +1):
 //   packed input  [N, H, G, WG, SW, WP]       WG = ceil(C_in / G / 64), SW the stride, WP = ceil(W / SW)
