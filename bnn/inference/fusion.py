@@ -16,7 +16,8 @@ as the unfused one.
 
 :func:`hand_over_bits` then fuses the next binary layer's input compare into the epilogue: a packed
 convolution whose output goes straight into another one also writes that layer's packed input bits, which
-the other layer takes instead of packing its input itself.
+the other layer takes instead of packing its input itself. :func:`write_over_residuals` lets a layer write
+its output over the tensor its ``add_residual`` step adds, when nothing else uses that tensor.
 """
 import collections
 import operator
@@ -28,9 +29,10 @@ import torch.nn as nn
 
 from ..layers.blocks import LearnableBias, PowerOfTwoRPReLU, RPReLU
 from .batchnorm import batchnorm_steps
-from .modules import PackedBinaryConv2d
+from .modules import PackedBinaryConv2d, SignedRealLayer
+from .pooling import FastAvgPool2d, FastMaxPool2d
 
-__all__ = ["fuse_epilogues", "hand_over_bits"]
+__all__ = ["fuse_epilogues", "hand_over_bits", "write_over_residuals"]
 
 _MULTIPLY = {operator.mul, torch.mul}
 _ADD = {operator.add, torch.add}
@@ -241,3 +243,38 @@ def hand_over_bits(gm: torch.fx.GraphModule) -> int:
         consumer_node.kwargs = {**consumer_node.kwargs, "packed": bits}
         linked += 1
     return linked
+
+
+# Modules whose output is a new tensor, never a view of their input or of a parameter.
+_NEW_TENSOR_MODULES = (PackedBinaryConv2d, SignedRealLayer, FastMaxPool2d, FastAvgPool2d, nn.Conv2d, nn.BatchNorm2d)
+
+
+def _new_tensor(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """Whether ``node`` computes a tensor of its own: a call of one of :data:`_NEW_TENSOR_MODULES`, or the
+    output (``[0]``) of a packed convolution that hands over its bits."""
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)) in _NEW_TENSOR_MODULES
+    if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+        source = node.args[0]
+        return (isinstance(source, torch.fx.Node) and source.op == "call_module"
+                and type(gm.get_submodule(source.target)) is PackedBinaryConv2d)
+    return False
+
+
+def write_over_residuals(gm: torch.fx.GraphModule) -> int:
+    """Where a packed convolution's fused ``add_residual`` step adds a tensor that it alone uses, and that a
+    module computed for it (no graph input, no view of another tensor), let the kernels write the output over
+    that tensor (:attr:`PackedBinaryConv2d.overwrites_residual`): each element is read, then written, by the
+    same step of the epilogue. One feature map fewer per block, and no fresh memory to fault in. Dead nodes
+    count as users: eliminate them first. Returns the number of layers; the graph itself is unchanged."""
+    calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    count = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1 or len(node.args) < 2:
+            continue
+        layer, residual = gm.get_submodule(node.target), node.args[1]
+        if (type(layer) is PackedBinaryConv2d and layer.fused_residual and isinstance(residual, torch.fx.Node)
+                and set(residual.users) == {node} and _new_tensor(gm, residual)):
+            layer.overwrites_residual = True
+            count += 1
+    return count

@@ -226,6 +226,10 @@ class PackedBinaryConv2d(_Epilogue):
         _, shape, full = cached
         return torch.empty(shape, dtype=torch.int64) if full else torch.zeros(shape, dtype=torch.int64)
 
+    #: Set by the converter (:func:`bnn.inference.fusion.write_over_residuals`) when nothing but this layer uses
+    #: the tensor its ``add_residual`` step adds: the kernels then write the output over it (no new feature map).
+    overwrites_residual: bool = False
+
     #: Set by the converter when a per-channel module (RPReLU, PReLU, LearnableBias) was fused: such a module
     #: works on axis 1, the channels of a batch but not of an unbatched input, so only batches are accepted.
     batched_only: bool = False
@@ -259,8 +263,8 @@ class PackedBinaryConv2d(_Epilogue):
                 bits_out = self._next_input(n, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
                                             (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
             out = ext.binary_conv2d(packed, w, weight, self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw,
-                                    dh, dw, self.groups, codes, params, r4, bits_out, next_threshold,
-                                    buffers.get("next_direction"), self.next_groups, isa)
+                                    dh, dw, self.groups, codes, params, r4, self.overwrites_residual and r4 is not None,
+                                    bits_out, next_threshold, buffers.get("next_direction"), self.next_groups, isa)
             if self.conv1d:
                 out = out.squeeze(2)
             if post is not None and not self.emit_dot:
@@ -311,7 +315,7 @@ class PackedBinaryLinear(_Epilogue):
         m = rows.shape[0]
         packed = ext.pack_input(rows.t().reshape(1, self.in_features, 1, m), self.threshold, self.direction, 1, 1, isa)
         out = ext.binary_conv2d(packed, m, weight, self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1,
-                                codes, params, None, None, None, None, 0, isa)
+                                codes, params, None, False, None, None, None, 0, isa)
         # contiguous, as the reference's: what follows (a float linear layer, say) may round differently on
         # another memory layout
         out = out.view(self.out_features, m).t().contiguous().view(*x.shape[:-1], self.out_features)

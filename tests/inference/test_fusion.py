@@ -232,6 +232,11 @@ def test_block_fuses_and_equals_fake_model(act, variant, path, monkeypatch):
 
     layer = packed(fast)
     late_residual = "add_residual" not in VARIANTS[variant]
+    # a residual that is the model's input is the caller's tensor: never written over
+    assert not layer.overwrites_residual
+    kept = x.clone()
+    fast(x)
+    assert torch.equal(x, kept)
     expected = VARIANTS[variant] + ([] if late_residual else ACT_STEPS[act])
     assert fused_steps(layer) == expected
     assert f"fused={'+'.join(expected)}" in repr(layer)
@@ -290,6 +295,44 @@ def test_residual_from_a_later_binary_conv(path, monkeypatch):
     assert fused_steps(packed(fast, "conv1")) == ["multiply"]
     assert fused_steps(packed(fast, "conv2")) == ["add_residual", "add", "prelu", "add"]
     assert call_nodes(fast) == ["conv1", "conv2"]
+    # conv1's output is conv2's residual alone: conv2 writes its output over it
+    assert packed(fast, "conv2").overwrites_residual and not packed(fast, "conv1").overwrites_residual
+
+
+class ResidualUsedTwice(nn.Module):
+    """``act(0.5 * conv(x) + p) + p``, p = pool(x): the fused residual has another user, so it is kept."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1)
+        self.act = RPReLU(channels)
+
+    def forward(self, x):
+        p = self.pool(x)
+        return self.act(0.5 * self.conv(x) + p) + p
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_residual_with_another_user_is_not_written_over(path, monkeypatch):
+    model, x, fast = converted("residual-twice", lambda: binarized(ResidualUsedTwice(16), seed=7),
+                               example((16, 6, 10, 2), 8))
+    use_path(path, monkeypatch)
+    check_outputs(fast, model, x, with_zeros(x))
+    layer = packed(fast)
+    assert "add_residual" in fused_steps(layer) and not layer.overwrites_residual
+
+
+def test_written_over_residual_survives_the_file(tmp_path, monkeypatch):
+    model, x, fast = converted("two-convs", lambda: binarized(TwoConvs(24), seed=3), example((24, 7, 9, 2), 4))
+    fast.save(tmp_path / "two.bnn")
+    loaded = load_inference(tmp_path / "two.bnn")
+    assert packed(loaded, "conv2").overwrites_residual and not packed(loaded, "conv1").overwrites_residual
+    for path in PATHS:
+        if path != "reference" and (kernels.extension() is None or ISA[path] > int(kernels.extension().cpu_isa())):
+            continue
+        monkeypatch.setenv("BNN_KERNELS", path)
+        check_outputs(loaded, model, x, with_zeros(x))
 
 
 def packed_conv(channels, seed):

@@ -24,9 +24,9 @@ def packed_conv(cin, cout, k, stride, padding, dilation, groups, seed):
                               groups, scale=torch.rand(cout, generator=g) + 0.5, bias=torch.randn(cout, generator=g))
 
 
-def run(layer, x, path, monkeypatch):
+def run(layer, x, path, monkeypatch, *more_args):
     monkeypatch.setenv("BNN_KERNELS", path)
-    return layer(x)
+    return layer(x, *more_args)
 
 
 # widths up to 41: rows of several SIMD vectors (8 pixels each on AVX-512), in register blocks of 1 to 3
@@ -116,6 +116,21 @@ def test_wide_rows_of_narrow_groups(cin, groups, width, stride, monkeypatch):
     for path in PATHS:
         out, bits = run(first, x, path, monkeypatch)
         assert torch.equal(out, expected) and torch.equal(bits, reference_bits(second, out)), path
+
+
+def test_output_written_over_the_residual(monkeypatch):
+    """overwrites_residual: the kernels return the residual tensor itself, holding what a new output would."""
+    layer = packed_conv(40, 24, 3, 1, 1, 1, 1, seed=3)
+    layer.fuse("add_residual")
+    layer.fuse("prelu", torch.rand(24, generator=torch.Generator().manual_seed(4)))
+    x = torch.randn(2, 40, 9, 11, generator=torch.Generator().manual_seed(5))
+    residual = torch.randn(2, 24, 9, 11, generator=torch.Generator().manual_seed(6))
+    expected = run(layer, x, "reference", monkeypatch, residual.clone())
+    layer.overwrites_residual = True
+    for path in PATHS:
+        r = residual.clone()
+        out = run(layer, x, path, monkeypatch, r)
+        assert out.data_ptr() == r.data_ptr() and torch.equal(out, expected), path
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -442,7 +442,8 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
 torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tensor weight, int64_t cin, int64_t cout, int64_t kh,
                             int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                             int64_t groups, torch::Tensor step_codes, torch::Tensor step_params,
-                            c10::optional<torch::Tensor> residual, c10::optional<torch::Tensor> packed_out,
+                            c10::optional<torch::Tensor> residual, bool out_over_residual,
+                            c10::optional<torch::Tensor> packed_out,
                             c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction,
                             int64_t next_groups, int64_t isa) {
   TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == torch::kInt64, "packed input must be [N,H,G,WG,SW,WP] int64");
@@ -476,13 +477,16 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
   }
   TORCH_CHECK(step_params.scalar_type() == torch::kFloat32 && step_params.dim() == 2 && step_params.size(0) == rows &&
               step_params.size(1) == cout, "step params: float32 [", rows, " rows, C_out]");
-  auto out = torch::empty({s.n, cout, s.ho, s.wo}, torch::dtype(torch::kFloat32));
+  const std::vector<int64_t> out_sizes{s.n, cout, s.ho, s.wo};
   torch::Tensor res;
   if (needs_residual) {
-    TORCH_CHECK(residual.has_value() && residual->sizes() == out.sizes() && residual->scalar_type() == torch::kFloat32,
-                "the residual must be float32 ", out.sizes(), " like the output");
+    TORCH_CHECK(residual.has_value() && residual->sizes() == out_sizes && residual->scalar_type() == torch::kFloat32,
+                "the residual must be float32 ", c10::IntArrayRef(out_sizes), " like the output");
     res = residual->contiguous();
   }
+  // over the residual: each element of it is read by the epilogue that then writes the same element
+  TORCH_CHECK(!out_over_residual || needs_residual, "the output can go over the residual only when a step adds it");
+  const torch::Tensor out = out_over_residual ? res : torch::empty(out_sizes, torch::dtype(torch::kFloat32));
   // the next binary layer's input, packed by the epilogue: [N, Ho, G', WG', SW', WP'] words, G' the next
   // layer's groups; every block of 8 output channels must fall in one byte of one group's words
   PackOut pack{};

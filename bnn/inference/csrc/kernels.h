@@ -17,7 +17,8 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
 torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tensor weight, int64_t cin, int64_t cout, int64_t kh,
                             int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                             int64_t groups, torch::Tensor step_codes, torch::Tensor step_params,
-                            c10::optional<torch::Tensor> residual, c10::optional<torch::Tensor> packed_out,
+                            c10::optional<torch::Tensor> residual, bool out_over_residual,
+                            c10::optional<torch::Tensor> packed_out,
                             c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction,
                             int64_t next_groups, int64_t isa);
 
