@@ -238,7 +238,8 @@ class PackedBinaryConv2d(_Epilogue):
                 packed: Optional[torch.Tensor] = None):
         """``x``: the layer's real input; ``residual``: the tensor a fused ``add_residual`` step adds; ``packed``:
         ``x`` already compared and packed by the previous layer's epilogue (or None). Returns the output, and
-        after :meth:`hand_bits_to` the pair ``(output, next layer's packed input or None)``."""
+        after :meth:`hand_bits_to` the pair ``(output, next layer's packed input or None)``. With
+        :attr:`overwrites_residual`, the kernels write the output over ``residual`` and return that tensor."""
         unbatched = x.dim() == (2 if self.conv1d else 3)
         if unbatched and self.batched_only:
             raise ValueError(f"this packed layer fused per-channel operations that act on axis 1 of a batch; "
