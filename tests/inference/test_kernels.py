@@ -118,6 +118,24 @@ def test_wide_rows_of_narrow_groups(cin, groups, width, stride, monkeypatch):
         assert torch.equal(out, expected) and torch.equal(bits, reference_bits(second, out)), path
 
 
+# 7x7-like maps: rows of at most 8 output pixels (one vector per row on AVX-512), on the 64-bit path, with
+# kernel rows in the padding, stride 2, groups, a fused residual and the bits handed over
+@pytest.mark.parametrize("cin, groups", [(64, 1), (130, 2), (40, 1)])
+@pytest.mark.parametrize("height, width, stride, padding", [(7, 7, 1, 1), (8, 5, 1, 2), (11, 14, 2, 1), (4, 8, 1, 0)])
+def test_narrow_rows_in_blocks_of_rows(cin, groups, height, width, stride, padding, monkeypatch):
+    first = packed_conv(cin, 16 * groups, 3, stride, padding, 1, groups, seed=height * width)
+    first.fuse("add_residual")
+    x = torch.randn(3, cin, height, width, generator=torch.Generator().manual_seed(cin))
+    ho, wo = (height + 2 * padding - 3) // stride + 1, (width + 2 * padding - 3) // stride + 1
+    residual = torch.randn(3, 16 * groups, ho, wo, generator=torch.Generator().manual_seed(width))
+    expected = run(first, x, "reference", monkeypatch, residual)
+    second = packed_conv(16 * groups, 8, 3, 1, 1, 1, 1, seed=cin)
+    first.hand_bits_to(second)
+    for path in PATHS:
+        out, bits = run(first, x, path, monkeypatch, residual)
+        assert torch.equal(out, expected) and torch.equal(bits, reference_bits(second, out)), path
+
+
 def test_output_written_over_the_residual(monkeypatch):
     """overwrites_residual: the kernels return the residual tensor itself, holding what a new output would."""
     layer = packed_conv(40, 24, 3, 1, 1, 1, 1, seed=3)
