@@ -213,6 +213,7 @@ class PackedBinaryConv2d(_Epilogue):
         self.register_buffer("next_threshold", layer.threshold.clone())
         self.register_buffer("next_direction", layer.direction.clone())
         self.next_groups, self.next_stride = layer.groups, layer.stride[1]
+        self.__dict__.pop("_next_input_shape", None)  # (the last call's shape of the bits, for another layer)
 
     def _next_input(self, n: int, h: int, w: int) -> torch.Tensor:
         """The words of the next layer's packed input for an output of ``n`` x ``h`` x ``w``: zeros where the
@@ -221,7 +222,7 @@ class PackedBinaryConv2d(_Epilogue):
         if cached is None or cached[0] != (n, h, w):
             cin_g = self.out_channels // self.next_groups
             wp = -(-w // self.next_stride)
-            shape = (n, h, self.next_groups, -(-cin_g // 64), self.next_stride, wp)
+            shape = (self.next_groups, -(-cin_g // 64), n, h, self.next_stride, wp)
             cached = self._next_input_shape = ((n, h, w), shape, cin_g % 64 == 0 and wp * self.next_stride == w)
         _, shape, full = cached
         return torch.empty(shape, dtype=torch.int64) if full else torch.zeros(shape, dtype=torch.int64)

@@ -136,6 +136,37 @@ def test_narrow_rows_in_blocks_of_rows(cin, groups, height, width, stride, paddi
         assert torch.equal(out, expected) and torch.equal(bits, reference_bits(second, out)), path
 
 
+# stride 1 with the output as large as the input, rows that leave lanes empty: on AVX-512 the pixels run flat
+# over the batch, so vectors (of 8 pixels, or 16 on the half-word path) cross rows and images; maps smaller than
+# a vector (3x3, 1x1) put several images in one; dilation, groups, a residual (added and written over) and the
+# bits handed to a next layer of stride 1 and of stride 2
+@pytest.mark.parametrize("cin, groups", [(64, 1), (130, 2), (24, 1), (64, 4)])
+@pytest.mark.parametrize("height, width, k, dilation", [(7, 7, 3, 1), (14, 14, 3, 1), (3, 3, 3, 1), (1, 1, 1, 1),
+                                                        (5, 9, 3, 2), (6, 11, (1, 3), 1)])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_flat_pixels_across_rows_and_images(cin, groups, height, width, k, dilation, batch, monkeypatch):
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
+    cout = 16 * groups
+    first = packed_conv(cin, cout, (kh, kw), 1, padding, dilation, groups, seed=height * width + cin)
+    first.fuse("add_residual")
+    first.fuse("prelu", torch.rand(cout, generator=torch.Generator().manual_seed(batch)))
+    x = torch.randn(batch, cin, height, width, generator=torch.Generator().manual_seed(cin + batch))
+    residual = torch.randn(batch, cout, height, width, generator=torch.Generator().manual_seed(width))
+    expected = run(first, x, "reference", monkeypatch, residual.clone())
+    for path in PATHS:
+        assert torch.equal(run(first, x, path, monkeypatch, residual.clone()), expected), path
+    first.overwrites_residual = True
+    for next_stride in (1, 2):
+        second = packed_conv(cout, 8, 3, next_stride, 1, 1, 1, seed=cin + next_stride)
+        first.hand_bits_to(second)
+        for path in PATHS:
+            r = residual.clone()
+            out, bits = run(first, x, path, monkeypatch, r)
+            assert out.data_ptr() == r.data_ptr() and torch.equal(out, expected), path
+            assert torch.equal(bits, reference_bits(second, out)), path
+
+
 def test_output_written_over_the_residual(monkeypatch):
     """overwrites_residual: the kernels return the residual tensor itself, holding what a new output would."""
     layer = packed_conv(40, 24, 3, 1, 1, 1, 1, seed=3)

@@ -3,8 +3,11 @@
 // VPOPCNTDQ, AVX2, portable C++), threads from ATen's pool (torch.get_num_threads()).
 //
 // Layouts (int64 words, bit i of a word = channel 64 * word + i of the group, 1 = +1):
-//   packed input  [N, H, G, WG, SW, WP]       WG = ceil(C_in / G / 64), SW the stride, WP = ceil(W / SW)
+//   packed input  [G, WG, N, H, SW, WP]       WG = ceil(C_in / G / 64), SW the stride, WP = ceil(W / SW)
 //   packed weight [G, KH, KW, WG, COB]        COB = C_out / G rounded up to 8, zero bits in padding
+// The input is a plane of words per group and word of 64 channels, its rows those of every image in turn: in
+// a convolution of stride 1 whose output is as large as its input, output pixel q (flat over the batch) finds
+// the words of each tap at q plus a fixed offset, so that vectors of pixels run on across rows and images.
 // A tap outside the input (zero padding) is skipped: it contributes 0, as F.conv2d's zero padding does to
 // the fake-binarized model. The sum over the valid taps is n_valid - 2 * popcount(a xor w), n_valid =
 // valid taps * C_in / G; zero bits pad both operands, so the padding of a word never counts.
@@ -21,8 +24,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 namespace bnn {
@@ -43,19 +50,39 @@ inline bool threshold_bit(float x, float t, int8_t d) { return d > 0 ? x >= t : 
 // The word of column w in a row of words phase-split by stride sw (wp words per phase).
 inline int64_t phase_word(int64_t w, int64_t sw, int64_t wp) { return (w % sw) * wp + w / sw; }
 
-// The next binary layer's packed input, written by the epilogue: [N, Ho, G, WG, SW, WP] words (the layout of
+// The next binary layer's packed input, written by the epilogue: [G, WG, N, Ho, SW, WP] words (the layout of
 // pack_input, for the output rows), bits from threshold_bit with that layer's per-channel thresholds.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "PackOut writes byte k of a word as its bits 8k..8k+7");
 struct PackOut {
   uint8_t* data;
   const float* threshold;
   const int8_t* direction;
-  int64_t groups, cin_g, wg, sw, wp;
-  // bytes of the words of output pixel 0 of row (n, oh), channels co0 .. co0 + 7 (co0 a multiple of 8 within
-  // the next layer's group)
-  uint8_t* row(int64_t n, int64_t ho, int64_t oh, int64_t co0) const {
+  int64_t groups, cin_g, wg, n, sw, wp, wo;  // wo: pixels per row
+  // the byte of channels co0 .. co0 + 7 (co0 a multiple of 8 within the next layer's group) in the word of
+  // output pixel 0 of row (n, oh); the rows of all images follow on from there
+  uint8_t* row(int64_t image, int64_t ho, int64_t oh, int64_t co0) const {
     const int64_t g = co0 / cin_g, ci = co0 % cin_g;
-    return data + ((((n * ho + oh) * groups + g) * wg + ci / 64) * sw * wp) * 8 + (ci % 64) / 8;
+    return data + ((((g * wg + ci / 64) * n + image) * ho + oh) * sw * wp) * 8 + (ci % 64) / 8;
+  }
+  // Writes bytes[0 .. count) as the bytes of pixels p .. p + count - 1 (p flat over the rows from `first`, a
+  // row's byte): pixel p is in row p / wo, at its column's word of the phase-split row. (Inlined: a call from
+  // an epilogue makes the compiler save the dot loop's vector registers around it.)
+  __attribute__((always_inline)) void store(uint8_t* first, int64_t p, const uint8_t* bytes, int64_t count) const {
+    if (sw == 1) {  // (wp = wo: the words of the rows follow one another)
+      for (int64_t j = 0; j < count; ++j) first[(p + j) * 8] = bytes[j];
+      return;
+    }
+    int64_t r = p / wo, col = p % wo, phase = col % sw, index = col / sw;  // (counted on from here)
+    for (int64_t j = 0; j < count; ++j) {
+      first[((r * sw + phase) * wp + index) * 8] = bytes[j];
+      if (++col == wo) {
+        col = phase = index = 0;
+        ++r;
+      } else if (++phase == sw) {
+        phase = 0;
+        ++index;
+      }
+    }
   }
 };
 
@@ -68,9 +95,11 @@ struct Epilogue {
   const PackOut* pack;    // or null
 };
 
-// Where a register block's results go: the output rows of channels co0 .. co0 + channels - 1, from the
-// block's first pixel ow0 (valid outputs left in the row from there), or the task's tile; and the bytes of
-// the next layer's packed row (PackOut::row), or null.
+// Where a register block's results go: the outputs of channels co0 .. co0 + channels - 1 from the block's
+// first pixel ow0 (valid outputs left from there), or the task's tile; and the bytes of the next layer's packed
+// input (PackOut::row of the pixels' first row), or null. In a row (image_pixels = 0), out and residual point at
+// the block's first output; flat over the batch (conv_tasks_flat), at image 0's pixel 0 of channel co0, and the
+// block's first pixel is pixel `local` of image `image` (images of image_pixels outputs, image_stride apart).
 struct BlockOut {
   const Epilogue* e;
   int64_t co0, channels, channel_stride, valid, ow0;
@@ -80,7 +109,58 @@ struct BlockOut {
   int32_t* tile;
   int64_t tile_stride;
   uint8_t* bits;
+  int64_t image_pixels, image_stride, image, local;
 };
+
+// A convolution of stride 1 whose output is as large as its input ("same" padding): its output pixels can
+// run flat over the batch (conv_tasks_flat).
+inline bool runs_flat(const ConvShape& s) { return s.sh == 1 && s.sw == 1 && s.ho == s.h && s.wo == s.w; }
+
+// What conv_tasks_flat needs to know of the pixels, flat over the batch, in vectors of `lanes` (at most 8):
+// per vector and tap, the lanes whose tap falls inside the lane's own image (masks[v * taps + t], bit l for
+// pixel v * lanes + l); per pixel, its valid taps x input channels, as a float (padded with zeros to whole
+// vectors and 16 more).
+struct FlatGeometry {
+  std::vector<uint8_t> masks;
+  std::vector<float> n_valid_f;
+};
+
+FlatGeometry compute_flat_geometry(const ConvShape& s, int64_t lanes) {
+  const int64_t taps = s.kh * s.kw, image_pixels = s.ho * s.wo, pixels = s.n * image_pixels;
+  const int64_t vectors = (pixels + lanes - 1) / lanes;
+  FlatGeometry geo{std::vector<uint8_t>(vectors * taps, 0), std::vector<float>(vectors * lanes + 16, 0.0f)};
+  for (int64_t q = 0; q < pixels; ++q) {
+    const int64_t local = q % image_pixels, oh = local / s.wo, ow = local % s.wo;
+    int64_t valid = 0;
+    for (int64_t i = 0; i < s.kh; ++i) {
+      const int64_t ih = oh - s.ph + i * s.dh;
+      if (ih < 0 || ih >= s.h) continue;
+      for (int64_t j = 0; j < s.kw; ++j) {
+        const int64_t iw = ow - s.pw + j * s.dw;
+        if (iw < 0 || iw >= s.w) continue;
+        geo.masks[(q / lanes) * taps + i * s.kw + j] |= static_cast<uint8_t>(1u << (q % lanes));
+        ++valid;
+      }
+    }
+    geo.n_valid_f[q] = static_cast<float>(valid * s.cin_g);  // (exact: below 2^24, checked by binary_conv2d)
+  }
+  return geo;
+}
+
+// compute_flat_geometry, kept for the last 32 shapes: a layer runs again and again on the same shape.
+std::shared_ptr<const FlatGeometry> flat_geometry(const ConvShape& s, int64_t lanes) {
+  using Key = std::array<int64_t, 11>;
+  const Key key{s.n, s.h, s.w, s.kh, s.kw, s.ph, s.pw, s.dh, s.dw, s.cin_g, lanes};
+  static std::mutex mutex;
+  static std::deque<std::pair<Key, std::shared_ptr<const FlatGeometry>>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& entry : cache)
+    if (entry.first == key) return entry.second;
+  auto geo = std::make_shared<const FlatGeometry>(compute_flat_geometry(s, lanes));
+  if (cache.size() == 32) cache.pop_front();
+  cache.emplace_back(key, geo);
+  return geo;
+}
 
 // The portable path: "vectors" of one lane (one pixel), plain C++.
 namespace portable {
@@ -147,6 +227,8 @@ using Vec = __m512i;
 using Mask = __mmask8;
 constexpr int64_t kLanes = 8;
 constexpr int kPixelVectors = 3, kChannels = 8;
+// conv_tasks_flat's blocks: 2 vectors (16 accumulators); blocks of 3 ran 8-10% slower there on 64@56 and 128@28
+constexpr int kFlatPixelVectors = 2;
 inline Mask lane_mask(uint8_t bits) { return static_cast<__mmask8>(bits); }
 inline Vec vzero() { return _mm512_setzero_si512(); }
 inline Vec vload(const uint64_t* p) { return _mm512_loadu_si512(p); }
@@ -165,15 +247,40 @@ inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<
 // With a PackOut, each channel's compare sets its bit in a vector of 16 bytes (one per pixel), then stored
 // to the pixels' words.
 #define BNN_DIRECT_EPILOGUE
+// 16 pixels of a block flat over the batch that cross into the next image(s), as runs of pixels of one image:
+// per run, the offset (from BlockOut::out) of its lane 0, and its lanes.
+struct Runs {
+  int count;
+  int64_t offset[17];
+  __mmask16 mask[17];
+};
+inline void pixel_runs(const BlockOut& out, int q, __mmask16 m, Runs& runs) {
+  int64_t image = out.image, local = out.local + q * 16;
+  while (local >= out.image_pixels) {
+    local -= out.image_pixels;
+    ++image;
+  }
+  runs.count = 0;
+  for (int lane = 0; lane < 16; ++image, local = 0) {
+    const int64_t run = std::min<int64_t>(16 - lane, out.image_pixels - local);
+    const unsigned lanes = ((1u << run) - 1) << lane;
+    runs.offset[runs.count] = image * out.image_stride + local - lane;
+    runs.mask[runs.count++] = static_cast<__mmask16>(m & lanes);
+    lane += static_cast<int>(run);
+  }
+}
+
 // The epilogue of 16 pixels (from pixel 16 q of the block, `lanes` of them valid, mask m) x 8 channels, whose
-// float sums are in f.
-__attribute__((always_inline)) inline void finish_pixels(__m512 (&f)[kChannels], int q, int64_t lanes, __mmask16 m,
-                                                         const BlockOut& out) {
+// float sums are in f; kAcross: pixels of two or more images (runs), else of one, from BlockOut::out + first.
+template <bool kAcross>
+__attribute__((always_inline)) inline void finish_pixels_of(__m512 (&f)[kChannels], int q, int64_t lanes,
+                                                            __mmask16 m, const BlockOut& out, int64_t first,
+                                                            const Runs* runs) {
   const Epilogue& e = *out.e;
   const int64_t channels = out.channels, channel_stride = out.channel_stride, steps = e.steps, prm_stride = e.channels;
   const int64_t* const codes = e.codes;
-  float* const dst = out.out;
-  const float* const residual = out.residual;
+  float* const dst = out.out + first;
+  const float* const residual = out.residual ? out.residual + first : nullptr;
   uint8_t* const bits_row = out.bits;
   // per step, one branch, then the 8 channels' vectors in registers; a channel past the block's end (its
   // parameters and residual would be past the arrays' ends) reads channel 0's and is never stored
@@ -190,10 +297,19 @@ __attribute__((always_inline)) inline void finish_pixels(__m512 (&f)[kChannels],
         for (int c = 0; c < kChannels; ++c) f[c] = _mm512_add_ps(f[c], BNN_PARAM(c));
         break;
       case kAddResidual:
+        if constexpr (kAcross) {
+          for (int c = 0; c < channels; ++c) {
+            __m512 r = _mm512_setzero_ps();
+            for (int k = 0; k < runs->count; ++k)
+              r = _mm512_mask_loadu_ps(r, runs->mask[k], out.residual + runs->offset[k] + c * channel_stride);
+            f[c] = _mm512_add_ps(f[c], r);
+          }
+        } else {
 #pragma GCC unroll 16
-        for (int c = 0; c < kChannels; ++c)
-          f[c] = _mm512_add_ps(f[c], _mm512_maskz_loadu_ps(c < channels ? m : static_cast<__mmask16>(0),
-                                                           residual + (c < channels ? c : 0) * channel_stride + q * 16));
+          for (int c = 0; c < kChannels; ++c)
+            f[c] = _mm512_add_ps(f[c], _mm512_maskz_loadu_ps(c < channels ? m : static_cast<__mmask16>(0),
+                                                             residual + (c < channels ? c : 0) * channel_stride));
+        }
         break;
       case kPReLU:  // where not (v > 0), NaN included: p * v
 #pragma GCC unroll 16
@@ -213,7 +329,12 @@ __attribute__((always_inline)) inline void finish_pixels(__m512 (&f)[kChannels],
 #pragma GCC unroll 16
   for (int c = 0; c < kChannels; ++c) {
     if (c >= channels) break;
-    _mm512_mask_storeu_ps(dst + c * channel_stride + q * 16, m, f[c]);
+    if constexpr (kAcross) {
+      for (int k = 0; k < runs->count; ++k)
+        _mm512_mask_storeu_ps(out.out + runs->offset[k] + c * channel_stride, runs->mask[k], f[c]);
+    } else {
+      _mm512_mask_storeu_ps(dst + c * channel_stride, m, f[c]);
+    }
     if (bits_row) {
       const float t = e.pack->threshold[out.co0 + c];
       const int8_t d = e.pack->direction[out.co0 + c];
@@ -226,13 +347,30 @@ __attribute__((always_inline)) inline void finish_pixels(__m512 (&f)[kChannels],
   if (bits_row) {
     alignas(16) uint8_t bytes[16];
     _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(bits));
-    const int64_t ow = out.ow0 + q * 16, sw = e.pack->sw, wp = e.pack->wp;
-    if (sw == 1) {
-      uint8_t* b = bits_row + ow * 8;
-      for (int64_t j = 0; j < lanes; ++j) b[j * 8] = bytes[j];
-    } else {
-      for (int64_t j = 0; j < lanes; ++j) bits_row[phase_word(ow + j, sw, wp) * 8] = bytes[j];
-    }
+    e.pack->store(bits_row, out.ow0 + q * 16, bytes, lanes);
+  }
+}
+
+// finish_pixels_of for pixels of several images. (Inlined, as every function the epilogue calls: a call from
+// the dot loop's function makes the compiler keep the accumulators in memory around it.)
+__attribute__((always_inline)) inline void finish_pixels_across(const __m512 (&sums)[kChannels], int q, int64_t lanes, __mmask16 m,
+                                                    const BlockOut& out) {
+  Runs runs;
+  pixel_runs(out, q, m, runs);
+  __m512 f[kChannels];
+  for (int c = 0; c < kChannels; ++c) f[c] = sums[c];
+  finish_pixels_of<true>(f, q, lanes, m, out, 0, &runs);
+}
+
+// The epilogue of 16 pixels x 8 channels (finish_pixels_of), their outputs in a row or flat over the batch.
+__attribute__((always_inline)) inline void finish_pixels(__m512 (&f)[kChannels], int q, int64_t lanes, __mmask16 m,
+                                                         const BlockOut& out) {
+  if (out.image_pixels == 0) {
+    finish_pixels_of<false>(f, q, lanes, m, out, q * 16, nullptr);
+  } else if (out.local + q * 16 + 16 <= out.image_pixels) {
+    finish_pixels_of<false>(f, q, lanes, m, out, out.image * out.image_stride + out.local + q * 16, nullptr);
+  } else {
+    finish_pixels_across(f, q, lanes, m, out);
   }
 }
 
@@ -386,7 +524,7 @@ void pack_block(const float* x, const float* t, const int8_t* d, int64_t pixels,
 
 }  // namespace
 
-// Compare and pack x (float32 NCHW, contiguous) into words [N, H, G, WG, SW, WP], WP = ceil(W / SW): the
+// Compare and pack x (float32 NCHW, contiguous) into words [G, WG, N, H, SW, WP], WP = ceil(W / SW): the
 // words of a row are split by column phase (column w at phase w % SW, index w / SW), so that a convolution
 // of stride SW finds the words of consecutive output pixels at consecutive addresses. Bit = threshold_bit.
 // Writes every word of every column; the phases' words past the row's end are left as they are.
@@ -403,7 +541,7 @@ void pack_into(const float* xp, int64_t n, int64_t c, int64_t h, int64_t w, cons
       const int64_t wd = task % wg, g = (task / wg) % groups, row = task / (wg * groups);
       const int64_t img = row / h, y = row % h;
       const int64_t c_begin = g * cg + wd * 64, nc = std::min<int64_t>(64, cg - wd * 64);
-      uint64_t* dst = out + (((img * h + y) * groups + g) * wg + wd) * stride_w * wp;
+      uint64_t* dst = out + (((g * wg + wd) * n + img) * h + y) * stride_w * wp;
       for (int64_t p0 = 0; p0 < w; p0 += kBlock) {
         const int64_t np = std::min(kBlock, w - p0);
         const float* src = xp + (img * c + c_begin) * pixels + y * w + p0;
@@ -430,7 +568,7 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
   TORCH_CHECK(groups >= 1 && c % groups == 0, "channels must divide into groups");
   TORCH_CHECK(threshold.numel() == c && direction.numel() == c, "one threshold and direction per channel");
   const int64_t wg = (c / groups + 63) / 64, wp = (w + stride_w - 1) / stride_w;
-  auto words = torch::empty({n, h, groups, wg, stride_w, wp}, torch::dtype(torch::kInt64));
+  auto words = torch::empty({groups, wg, n, h, stride_w, wp}, torch::dtype(torch::kInt64));
   if (stride_w * wp != w) words.zero_();  // the phases' last words past the row's end are never read
   auto t_c = threshold.contiguous();
   auto d_c = direction.contiguous();
@@ -446,18 +584,18 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
                             c10::optional<torch::Tensor> packed_out,
                             c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction,
                             int64_t next_groups, int64_t isa) {
-  TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == torch::kInt64, "packed input must be [N,H,G,WG,SW,WP] int64");
+  TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == torch::kInt64, "packed input must be [G,WG,N,H,SW,WP] int64");
   TORCH_CHECK(weight.dim() == 5 && weight.scalar_type() == torch::kInt64, "packed weight must be [G,KH,KW,WG,COB] int64");
   ConvShape s;
   TORCH_CHECK(packed.size(4) == sw, "the input was packed for stride ", packed.size(4), ", not ", sw);
-  s.n = packed.size(0); s.h = packed.size(1); s.groups = groups; s.wg = packed.size(3); s.wp = packed.size(5);
+  s.n = packed.size(2); s.h = packed.size(3); s.groups = groups; s.wg = packed.size(1); s.wp = packed.size(5);
   s.w = in_width;
   s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw; s.ph = ph; s.pw = pw; s.dh = dh; s.dw = dw;
   s.ho = (s.h + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
   s.wo = (s.w + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
   s.cout = cout; s.cout_g = cout / groups; s.cob = weight.size(4); s.cin_g = cin / groups;
   TORCH_CHECK((s.w + sw - 1) / sw == s.wp, "input width does not match the packed words");
-  TORCH_CHECK(packed.size(2) == groups && weight.size(0) == groups && weight.size(3) == s.wg, "layout mismatch");
+  TORCH_CHECK(packed.size(0) == groups && weight.size(0) == groups && weight.size(3) == s.wg, "layout mismatch");
   TORCH_CHECK(weight.size(1) == kh && weight.size(2) == kw, "weight kernel size mismatch");
   TORCH_CHECK(s.cob % 8 == 0 && s.cob >= s.cout_g, "weight blocks must be padded to 8 output channels");
   TORCH_CHECK(s.ho > 0 && s.wo > 0, "the output would be empty");
@@ -506,12 +644,14 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
     TORCH_CHECK(next_groups == 1 || pack.cin_g % 8 == 0,
                 "packing the output: the next layer's channels per group must be a multiple of 8");
     pack.wg = (pack.cin_g + 63) / 64;
-    TORCH_CHECK(po.dim() == 6 && po.scalar_type() == torch::kInt64 && po.is_contiguous() && po.size(0) == s.n &&
-                po.size(1) == s.ho && po.size(2) == next_groups && po.size(3) == pack.wg && po.size(4) >= 1 &&
+    TORCH_CHECK(po.dim() == 6 && po.scalar_type() == torch::kInt64 && po.is_contiguous() && po.size(0) == next_groups &&
+                po.size(1) == pack.wg && po.size(2) == s.n && po.size(3) == s.ho && po.size(4) >= 1 &&
                 po.size(5) == (s.wo + po.size(4) - 1) / po.size(4),
-                "packed output must be contiguous int64 [N, Ho, G, WG, SW, ceil(Wo / SW)] for the next layer");
+                "packed output must be contiguous int64 [G, WG, N, Ho, SW, ceil(Wo / SW)] for the next layer");
+    pack.n = s.n;
     pack.sw = po.size(4);
     pack.wp = po.size(5);
+    pack.wo = s.wo;
     pack.data = reinterpret_cast<uint8_t*>(po.data_ptr<int64_t>());
     pack.threshold = next_t.data_ptr<float>();
     pack.direction = next_d.data_ptr<int8_t>();
@@ -526,16 +666,23 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
   const Isa chosen = capped_isa(isa);
   const int64_t block = chosen == Isa::avx512 ? avx512::kChannels
                         : chosen == Isa::avx2 ? avx2::kChannels : portable::kChannels;
-  const int64_t tasks = s.n * s.ho * groups * ((s.cob + block - 1) / block);
   // the epilogue packs the next layer's input when a block's channels make whole bytes (8 per block); the
   // AVX2 path's blocks of 4 would share bytes between tasks: it packs the output afterwards instead
   const bool pack_after = packed_out.has_value() && block % 8 != 0;
   const Epilogue run = pack_after ? Epilogue{e.codes, e.steps, e.params, e.channels, e.residual, nullptr} : e;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    if (chosen == Isa::avx512) avx512::conv_tasks(s, in, wt, run, outp, begin, end);
-    else if (chosen == Isa::avx2) avx2::conv_tasks(s, in, wt, run, outp, begin, end);
-    else portable::conv_tasks(s, in, wt, run, outp, begin, end);
-  });
+  const int64_t blocks = groups * ((s.cob + block - 1) / block);
+  if (chosen == Isa::avx512 && runs_flat(s) && avx512::flat_pays(s)) {
+    const auto geo = flat_geometry(s, avx512::kLanes);
+    at::parallel_for(0, blocks * avx512::flat_chunks(s), 1, [&](int64_t begin, int64_t end) {
+      avx512::conv_tasks_flat(s, *geo, in, wt, run, outp, begin, end);
+    });
+  } else {
+    at::parallel_for(0, s.n * s.ho * blocks, 1, [&](int64_t begin, int64_t end) {
+      if (chosen == Isa::avx512) avx512::conv_tasks(s, in, wt, run, outp, begin, end);
+      else if (chosen == Isa::avx2) avx2::conv_tasks(s, in, wt, run, outp, begin, end);
+      else portable::conv_tasks(s, in, wt, run, outp, begin, end);
+    });
+  }
   if (pack_after)
     pack_into(outp, s.n, cout, s.ho, s.wo, pack.threshold, pack.direction, pack.groups, pack.sw, chosen,
               reinterpret_cast<uint64_t*>(pack.data));

@@ -21,7 +21,7 @@ Isa capped_isa(int64_t requested) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", [] { return static_cast<int64_t>(bnn::best_isa()); },
         "best code path on this CPU: 0 portable, 1 AVX2, 2 AVX-512 VPOPCNTDQ");
-  m.def("pack_input", &bnn::pack_input, "threshold and pack a float NCHW tensor into [N,H,G,WG,SW,WP] words");
+  m.def("pack_input", &bnn::pack_input, "threshold and pack a float NCHW tensor into [G,WG,N,H,SW,WP] words");
   m.def("binary_conv2d", &bnn::binary_conv2d, "packed binary conv2d with a fused epilogue (and the next binary layer's packed input)");
   m.def("max_pool2d_nchw", &bnn::max_pool2d_nchw, "F.max_pool2d of a float32 NCHW tensor, bit-identical");
   m.def("avg_pool2d_nchw", &bnn::avg_pool2d_nchw, "F.avg_pool2d of a float32 NCHW tensor, bit-identical");

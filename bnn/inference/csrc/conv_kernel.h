@@ -16,7 +16,9 @@
 // (binary_conv.cpp): for every tap, the words of consecutive output pixels are consecutive words. Lanes
 // whose tap falls in the zero padding are masked out of the sum, and their count of valid taps is smaller.
 //
-// One task computes one output row (image n, row oh) of one group and kChannels output channels.
+// One task computes one output row (image n, row oh) of one group and kChannels output channels (conv_tasks),
+// or on the AVX-512 path, for a convolution of stride 1 whose output is as large as its input, a chunk of the
+// output pixels flat over the batch (conv_tasks_flat).
 
 #ifndef BNN_DIRECT_EPILOGUE
 // The sums of a register block, n_valid - 2 * popcounts, into the task's int32 tile (finish_tile runs the
@@ -33,11 +35,12 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const
 }
 #endif
 
-// Sums of kChannels output channels for P vectors of pixels over `taps` taps of `wg` words.
+// Sums of kChannels output channels for P vectors of pixels over `taps` taps of `wg` words. The lanes of vector
+// p that count for tap t: masks[p * mask_stride + tap_mask[t]].
 template <int P>
-inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_col,
+inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
                       int64_t taps, int64_t wg, int64_t in_word_stride, int64_t cob, const uint64_t* wt,
-                      const uint8_t* masks, int64_t kw, const int64_t* n_valid, const BlockOut& out) {
+                      const uint8_t* masks, int64_t mask_stride, const int64_t* n_valid, const BlockOut& out) {
   Vec acc[P][kChannels];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p)
@@ -46,7 +49,7 @@ inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* 
   for (int64_t t = 0; t < taps; ++t) {
     Mask m[P];
 #pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) m[p] = lane_mask(masks[p * kw + tap_col[t]]);
+    for (int p = 0; p < P; ++p) m[p] = lane_mask(masks[p * mask_stride + tap_mask[t]]);
     const uint64_t* a = in + tap_in[t];
     const uint64_t* w = wt + tap_w[t];
     for (int64_t k = 0; k < wg; ++k) {
@@ -136,15 +139,45 @@ inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_
   for (int64_t l = 0; l < channels; ++l) std::copy(f + l * wo_pad, f + l * wo_pad + wo, out0 + l * channel_stride);
   if (bits) {  // the next layer's input bits: one byte of these (at most 8) channels per pixel
     const PackOut& pk = *e.pack;
+    std::vector<uint8_t> bytes(wo);
     for (int64_t i = 0; i < wo; ++i) {
       unsigned byte = 0;
       for (int64_t l = 0; l < channels; ++l)
         byte |= static_cast<unsigned>(threshold_bit(f[l * wo_pad + i], pk.threshold[co0 + l], pk.direction[co0 + l])) << l;
-      bits[phase_word(i, pk.sw, pk.wp) * 8] = static_cast<uint8_t>(byte);
+      bytes[i] = static_cast<uint8_t>(byte);
     }
+    pk.store(bits, 0, bytes.data(), wo);
   }
 }
 #endif
+
+// The register blocks of a run of pixel vectors: dot_block's, or for groups of at most 32 input channels the
+// half-word path's, whose vectors of 16 lanes are units of two pixel vectors; at most max_units units a block.
+struct BlockPlan {
+  const DotBlockFn* fns;
+  int64_t unit, max_units;
+  // `vectors` vectors in blocks as even as possible (7 = 3 + 2 + 2): the vectors of each block
+  std::vector<int> split(int64_t vectors) const {
+    const int64_t units = (vectors + unit - 1) / unit, nblocks = (units + max_units - 1) / max_units;
+    std::vector<int> block_vectors(nblocks);
+    for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
+      block_vectors[blk] = static_cast<int>(std::min(unit * (units / nblocks + (blk < units % nblocks ? 1 : 0)),
+                                                     vectors - v));
+      v += block_vectors[blk];
+    }
+    return block_vectors;
+  }
+};
+inline BlockPlan block_plan(const ConvShape& s, bool flat) {
+#ifdef BNN_HALF_WORDS
+  if (s.cin_g <= 32) return {kDotBlockHalf, 2, kHalfPixelVectors / 2};
+#endif
+#ifdef BNN_DIRECT_EPILOGUE
+  if (flat) return {kDotBlock, 1, kFlatPixelVectors};
+#endif
+  (void)s, (void)flat;
+  return {kDotBlock, 1, kPixelVectors};
+}
 
 // Tasks [task_begin, task_end) of task = ((n * G + g) * blocks + b) * Ho + oh: consecutive tasks are
 // consecutive rows of the same channels, so that the output and residual rows are read and written as
@@ -191,31 +224,16 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
   std::vector<float> ftile(kChannels * wo_pad);
   int32_t* const tile_data = tile.data();
 #endif
-  const int64_t row_words = s.groups * s.wg * s.sw * s.wp;  // one input row, all groups and words
-  const int64_t word_stride = s.sw * s.wp;                  // from one word of 64 channels to the next
-  // the register blocks: dot_block's, or for groups of at most 32 input channels the half-word path's, whose
-  // vectors of 16 lanes are units of two pixel vectors
-#ifdef BNN_HALF_WORDS
-  const bool half = s.cin_g <= 32;
-  const DotBlockFn* const block_fns = half ? kDotBlockHalf : kDotBlock;
-  const int64_t unit = half ? 2 : 1, max_units = half ? kHalfPixelVectors / 2 : kPixelVectors;
-#else
-  const DotBlockFn* const block_fns = kDotBlock;
-  const int64_t unit = 1, max_units = kPixelVectors;
-#endif
-  // the row's units in blocks of at most max_units, as even as possible (7 = 3 + 2 + 2)
-  const int64_t units = (vectors + unit - 1) / unit, nblocks = (units + max_units - 1) / max_units;
-  std::vector<int> block_vectors(nblocks);
-  for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
-    block_vectors[blk] = static_cast<int>(std::min(unit * (units / nblocks + (blk < units % nblocks ? 1 : 0)),
-                                                   vectors - v));
-    v += block_vectors[blk];
-  }
+  const int64_t row_words = s.sw * s.wp;         // one row of a plane (one image's, one group's, one word's)
+  const int64_t word_stride = s.n * s.h * row_words;  // from the plane of one word of 64 channels to the next
+  const BlockPlan plan = block_plan(s, false);
+  const std::vector<int> block_vectors = plan.split(vectors);
+  const int64_t nblocks = static_cast<int64_t>(block_vectors.size());
   // the task's coordinates, advanced by counting (no division per task: they cost more than the rest of the
   // bookkeeping together)
   int64_t oh = task_begin % s.ho, b = (task_begin / s.ho) % blocks, g = (task_begin / (s.ho * blocks)) % s.groups;
   int64_t n = task_begin / (s.ho * blocks * s.groups);
-  const int64_t pack_row_bytes = e.pack ? e.pack->groups * e.pack->wg * e.pack->sw * e.pack->wp * 8 : 0;
+  const int64_t pack_row_bytes = e.pack ? e.pack->sw * e.pack->wp * 8 : 0;
   int64_t pack_key = -1;
   uint8_t* pack_base = nullptr;
   for (int64_t task = task_begin; task < task_end; ++task, ++oh) {
@@ -238,7 +256,7 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
       if (ih < 0 || ih >= s.h) continue;
       ++rows;
       for (int64_t j = 0; j < s.kw; ++j) {
-        tap_in[taps] = (n * s.h + ih) * row_words + g * s.wg * word_stride + col_offset[j];
+        tap_in[taps] = g * s.wg * word_stride + (n * s.h + ih) * row_words + col_offset[j];
         tap_w[taps] = ((g * s.kh + i) * s.kw + j) * s.wg * s.cob + c0;
         tap_col[taps] = static_cast<int>(j);
         ++taps;
@@ -257,9 +275,9 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
       const int64_t ow0 = v * kLanes;
       const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
                            e.residual ? e.residual + offset + ow0 : nullptr,
-                           tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row};
-      block_fns[p](in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob, wt,
-                       masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
+                           tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row, 0, 0, 0, 0};
+      plan.fns[p](in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob, wt,
+                  masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
       v += p;
     }
 #ifndef BNN_DIRECT_EPILOGUE
@@ -268,3 +286,98 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
 #endif
   }
 }
+
+#ifdef BNN_DIRECT_EPILOGUE
+// Whether conv_tasks_flat pays: rows that leave lanes of their last vector (of 16 lanes on the half-word path)
+// empty. (Rows that fill their vectors run as fast in rows, or faster.)
+inline bool flat_pays(const ConvShape& s) {
+  const BlockPlan plan = block_plan(s, false);
+  return s.wo % (plan.unit * kLanes) != 0;
+}
+
+// conv_tasks_flat's chunks of pixel vectors: two register blocks each; and how many chunks the batch makes
+inline int64_t flat_chunk_vectors(const ConvShape& s) {
+  const BlockPlan plan = block_plan(s, true);
+  return 2 * plan.unit * plan.max_units;
+}
+inline int64_t flat_chunks(const ConvShape& s) {
+  const int64_t chunk_pixels = flat_chunk_vectors(s) * kLanes;
+  return (s.n * s.ho * s.wo + chunk_pixels - 1) / chunk_pixels;
+}
+
+// Stride 1, output as large as the input (flat_geometry): the output pixels flat over the batch, q = (n * Ho +
+// oh) * Wo + ow, whose words of tap (i, j) are those of input pixel q + (i * dh - ph) * W + j * dw - pw. The
+// vectors run on across rows and images, so a row of 28, 14 or 7 pixels leaves no lane empty at its end; the
+// lanes whose tap falls outside their own image are masked per vector and tap (FlatGeometry). One task computes
+// a chunk of pixels (two register blocks) of one group and kChannels output channels, task = (g * blocks + b) *
+// chunks + chunk: consecutive tasks take consecutive chunks, with the same weights.
+inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const uint64_t* in, const uint64_t* wt,
+                            const Epilogue& e, float* out, int64_t task_begin, int64_t task_end) {
+  const int64_t blocks = (s.cob + kChannels - 1) / kChannels, ktaps = s.kh * s.kw;
+  const int64_t image_pixels = s.ho * s.wo, pixels = s.n * image_pixels, vectors = (pixels + kLanes - 1) / kLanes;
+  const BlockPlan plan = block_plan(s, true);
+  const int64_t chunk_vectors = flat_chunk_vectors(s), chunk_pixels = chunk_vectors * kLanes, chunks = flat_chunks(s);
+  const std::vector<int> full = plan.split(chunk_vectors), last = plan.split(vectors - (chunks - 1) * chunk_vectors);
+  const int64_t plane = s.n * s.h * s.w;  // words of one word of 64 channels (sw = 1: wp = w)
+  std::vector<int64_t> all_in(ktaps), tap_in(ktaps), tap_w(ktaps);
+  std::vector<int> tap_mask(ktaps);
+  for (int64_t i = 0; i < s.kh; ++i)
+    for (int64_t j = 0; j < s.kw; ++j) all_in[i * s.kw + j] = (i * s.dh - s.ph) * s.w + j * s.dw - s.pw;
+  int64_t chunk = task_begin % chunks, b = (task_begin / chunks) % blocks, g = task_begin / (chunks * blocks);
+  int64_t image = -1, local = 0;  // of the chunk's first pixel (-1: to be found)
+  for (int64_t task = task_begin; task < task_end; ++task, ++chunk) {
+    if (chunk == chunks) {
+      chunk = 0;
+      image = -1;
+      if (++b == blocks) {
+        b = 0;
+        ++g;
+      }
+    }
+    const int64_t q_begin = chunk * chunk_pixels;
+    if (image < 0) {
+      image = q_begin / image_pixels;
+      local = q_begin % image_pixels;
+    }
+    const int64_t c0 = b * kChannels;
+    const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
+    const int64_t co0 = g * s.cout_g + c0;
+    uint8_t* const bits = e.pack ? e.pack->row(0, s.ho, 0, co0) : nullptr;
+    const uint64_t* const in_g = in + g * s.wg * plane;
+    const uint64_t* const wt_block = wt + g * ktaps * s.wg * s.cob + c0;
+    const std::vector<int>& block_vectors = chunk + 1 < chunks ? full : last;
+    for (size_t blk = 0, v = 0; channels > 0 && blk < block_vectors.size(); ++blk) {
+      const int p = block_vectors[blk];
+      const int64_t q0 = q_begin + static_cast<int64_t>(v) * kLanes;
+      int64_t block_image = image, block_local = local + static_cast<int64_t>(v) * kLanes;
+      while (block_local >= image_pixels) {
+        block_local -= image_pixels;
+        ++block_image;
+      }
+      const BlockOut block{&e, co0, channels, image_pixels, pixels - q0, q0, geo.n_valid_f.data() + q0,
+                           out + co0 * image_pixels, e.residual ? e.residual + co0 * image_pixels : nullptr,
+                           nullptr, 0, bits, image_pixels, s.cout * image_pixels, block_image, block_local};
+      // the taps inside the input for some lane of the block (in the first and last rows of an image, a row of
+      // taps falls outside for every lane)
+      const uint8_t* const masks = geo.masks.data() + (q0 / kLanes) * ktaps;
+      int64_t taps = 0;
+      for (int64_t t = 0; t < ktaps; ++t) {
+        unsigned lanes = 0;
+        for (int k = 0; k < p; ++k) lanes |= masks[k * ktaps + t];
+        if (lanes == 0) continue;
+        tap_in[taps] = all_in[t];
+        tap_w[taps] = t * s.wg * s.cob;
+        tap_mask[taps++] = static_cast<int>(t);
+      }
+      plan.fns[p](in_g + q0, tap_in.data(), tap_w.data(), tap_mask.data(), taps, s.wg, plane, s.cob, wt_block, masks,
+                  ktaps, nullptr, block);
+      v += p;
+    }
+    local += chunk_pixels;  // the next chunk's first pixel
+    while (local >= image_pixels) {
+      local -= image_pixels;
+      ++image;
+    }
+  }
+}
+#endif
