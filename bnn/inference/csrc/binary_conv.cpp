@@ -226,9 +226,9 @@ namespace avx512 {
 using Vec = __m512i;
 using Mask = __mmask8;
 constexpr int64_t kLanes = 8;
-constexpr int kPixelVectors = 3, kChannels = 8;
-// conv_tasks_flat's blocks: 2 vectors (16 accumulators); blocks of 3 ran 8-10% slower there on 64@56 and 128@28
-constexpr int kFlatPixelVectors = 2;
+// blocks of 2 vectors (16 accumulators): blocks of 3 ran 8-10% slower on 64@56 and 128@28 with flat pixels, and
+// 3.5-4% slower on 128@56 (rows of 7 vectors in 3 + 2 + 2 rather than 2 + 2 + 2 + 1)
+constexpr int kPixelVectors = 2, kChannels = 8;
 inline Mask lane_mask(uint8_t bits) { return static_cast<__mmask8>(bits); }
 inline Vec vzero() { return _mm512_setzero_si512(); }
 inline Vec vload(const uint64_t* p) { return _mm512_loadu_si512(p); }

@@ -168,14 +168,11 @@ struct BlockPlan {
     return block_vectors;
   }
 };
-inline BlockPlan block_plan(const ConvShape& s, bool flat) {
+inline BlockPlan block_plan(const ConvShape& s) {
 #ifdef BNN_HALF_WORDS
   if (s.cin_g <= 32) return {kDotBlockHalf, 2, kHalfPixelVectors / 2};
 #endif
-#ifdef BNN_DIRECT_EPILOGUE
-  if (flat) return {kDotBlock, 1, kFlatPixelVectors};
-#endif
-  (void)s, (void)flat;
+  (void)s;
   return {kDotBlock, 1, kPixelVectors};
 }
 
@@ -226,7 +223,7 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
 #endif
   const int64_t row_words = s.sw * s.wp;         // one row of a plane (one image's, one group's, one word's)
   const int64_t word_stride = s.n * s.h * row_words;  // from the plane of one word of 64 channels to the next
-  const BlockPlan plan = block_plan(s, false);
+  const BlockPlan plan = block_plan(s);
   const std::vector<int> block_vectors = plan.split(vectors);
   const int64_t nblocks = static_cast<int64_t>(block_vectors.size());
   // the task's coordinates, advanced by counting (no division per task: they cost more than the rest of the
@@ -291,13 +288,13 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
 // Whether conv_tasks_flat pays: rows that leave lanes of their last vector (of 16 lanes on the half-word path)
 // empty. (Rows that fill their vectors run as fast in rows, or faster.)
 inline bool flat_pays(const ConvShape& s) {
-  const BlockPlan plan = block_plan(s, false);
+  const BlockPlan plan = block_plan(s);
   return s.wo % (plan.unit * kLanes) != 0;
 }
 
 // conv_tasks_flat's chunks of pixel vectors: two register blocks each; and how many chunks the batch makes
 inline int64_t flat_chunk_vectors(const ConvShape& s) {
-  const BlockPlan plan = block_plan(s, true);
+  const BlockPlan plan = block_plan(s);
   return 2 * plan.unit * plan.max_units;
 }
 inline int64_t flat_chunks(const ConvShape& s) {
@@ -315,7 +312,7 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const u
                             const Epilogue& e, float* out, int64_t task_begin, int64_t task_end) {
   const int64_t blocks = (s.cob + kChannels - 1) / kChannels, ktaps = s.kh * s.kw;
   const int64_t image_pixels = s.ho * s.wo, pixels = s.n * image_pixels, vectors = (pixels + kLanes - 1) / kLanes;
-  const BlockPlan plan = block_plan(s, true);
+  const BlockPlan plan = block_plan(s);
   const int64_t chunk_vectors = flat_chunk_vectors(s), chunk_pixels = chunk_vectors * kLanes, chunks = flat_chunks(s);
   const std::vector<int> full = plan.split(chunk_vectors), last = plan.split(vectors - (chunks - 1) * chunk_vectors);
   const int64_t plane = s.n * s.h * s.w;  // words of one word of 64 channels (sw = 1: wp = w)
