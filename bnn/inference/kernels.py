@@ -155,14 +155,16 @@ _isa_by_setting: Dict[str, int] = {}
 def conv_weight_layout(weight_bits: torch.Tensor, out_channels: int, in_channels: int, kernel_size, groups: int
                        ) -> torch.Tensor:
     """Re-pack reference-layout weight words ``(C_out, words of C_in/G * kh * kw bits)`` into the kernels'
-    ``[G, KH, KW, WG, COB]`` layout (COB = C_out / G rounded up to 8, zero bits in the padding)."""
+    ``[G, B, KH, KW, WG, 8]`` layout: B blocks of 8 output channels (C_out / G rounded up to 8, zero bits in the
+    padding), each block's weights one contiguous stream, read front to back by the kernels."""
     kh, kw = kernel_size
     cin_g, cout_g = in_channels // groups, out_channels // groups
     signs = unpack_bits(weight_bits, cin_g * kh * kw).view(groups, cout_g, cin_g, kh, kw)
     wg = math.ceil(cin_g / 64)
-    cob = math.ceil(cout_g / 8) * 8
-    bits = torch.zeros(groups, kh, kw, wg * 64, cob, dtype=torch.bool)
-    bits[:, :, :, :cin_g, :cout_g] = signs.permute(0, 3, 4, 2, 1)
+    blocks = math.ceil(cout_g / 8)
+    bits = torch.zeros(groups, blocks * 8, kh, kw, wg * 64, dtype=torch.bool)
+    bits[:, :cout_g, :, :, :cin_g] = signs.permute(0, 1, 3, 4, 2)
     from .packing import pack_bits
-    words = pack_bits(bits.view(groups, kh, kw, wg, 64, cob).permute(0, 1, 2, 3, 5, 4).contiguous())
-    return words.squeeze(-1).contiguous()  # [G, KH, KW, WG, COB]
+    # (G, B, 8, KH, KW, WG, 64) -> (G, B, KH, KW, WG, 8, 64): 64 input channels per word
+    words = pack_bits(bits.view(groups, blocks, 8, kh, kw, wg, 64).permute(0, 1, 3, 4, 5, 2, 6).contiguous())
+    return words.squeeze(-1).contiguous()  # [G, B, KH, KW, WG, 8]

@@ -4,7 +4,8 @@
 //
 // Layouts (int64 words, bit i of a word = channel 64 * word + i of the group, 1 = +1):
 //   packed input  [G, WG, N, H, SW, WP]       WG = ceil(C_in / G / 64), SW the stride, WP = ceil(W / SW)
-//   packed weight [G, KH, KW, WG, COB]        COB = C_out / G rounded up to 8, zero bits in padding
+//   packed weight [G, B, KH, KW, WG, 8]       B = ceil(C_out / G / 8) blocks of 8 output channels, zero bits in
+//                                             padding: the weights of a block are one contiguous stream
 // The input is a plane of words per group and word of 64 channels, its rows those of every image in turn: in
 // a convolution of stride 1 whose output is as large as its input, output pixel q (flat over the batch) finds
 // the words of each tap at q plus a fixed offset, so that vectors of pixels run on across rows and images.
@@ -36,7 +37,9 @@ namespace bnn {
 namespace {
 
 struct ConvShape {
-  int64_t n, h, w, groups, wg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cout, cout_g, cob, cin_g, wp;
+  int64_t n, h, w, groups, wg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cout, cout_g, cob, cin_g, wp;  // cob = 8 B
+  // the weight words of output channel c0 (of group g), for tap 0 and word 0: then + (tap * wg + word) * 8
+  int64_t weight_offset(int64_t g, int64_t c0) const { return ((g * (cob / 8) + c0 / 8) * kh * kw * wg) * 8 + c0 % 8; }
 };
 
 // Epilogue step codes (bnn/inference/modules.py: EPILOGUE_STEPS).
@@ -585,7 +588,7 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
                             c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction,
                             int64_t next_groups, int64_t isa) {
   TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == torch::kInt64, "packed input must be [G,WG,N,H,SW,WP] int64");
-  TORCH_CHECK(weight.dim() == 5 && weight.scalar_type() == torch::kInt64, "packed weight must be [G,KH,KW,WG,COB] int64");
+  TORCH_CHECK(weight.dim() == 6 && weight.scalar_type() == torch::kInt64, "packed weight must be [G,B,KH,KW,WG,8] int64");
   ConvShape s;
   TORCH_CHECK(packed.size(4) == sw, "the input was packed for stride ", packed.size(4), ", not ", sw);
   s.n = packed.size(2); s.h = packed.size(3); s.groups = groups; s.wg = packed.size(1); s.wp = packed.size(5);
@@ -593,11 +596,12 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
   s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw; s.ph = ph; s.pw = pw; s.dh = dh; s.dw = dw;
   s.ho = (s.h + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
   s.wo = (s.w + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
-  s.cout = cout; s.cout_g = cout / groups; s.cob = weight.size(4); s.cin_g = cin / groups;
+  s.cout = cout; s.cout_g = cout / groups; s.cob = weight.size(1) * 8; s.cin_g = cin / groups;
   TORCH_CHECK((s.w + sw - 1) / sw == s.wp, "input width does not match the packed words");
-  TORCH_CHECK(packed.size(0) == groups && weight.size(0) == groups && weight.size(3) == s.wg, "layout mismatch");
-  TORCH_CHECK(weight.size(1) == kh && weight.size(2) == kw, "weight kernel size mismatch");
-  TORCH_CHECK(s.cob % 8 == 0 && s.cob >= s.cout_g, "weight blocks must be padded to 8 output channels");
+  TORCH_CHECK(packed.size(0) == groups && weight.size(0) == groups && weight.size(4) == s.wg, "layout mismatch");
+  TORCH_CHECK(weight.size(2) == kh && weight.size(3) == kw, "weight kernel size mismatch");
+  TORCH_CHECK(weight.size(5) == 8 && s.cob >= s.cout_g && s.cob < s.cout_g + 8,
+              "weights must be in blocks of 8 output channels, the last padded");
   TORCH_CHECK(s.ho > 0 && s.wo > 0, "the output would be empty");
   TORCH_CHECK(s.cin_g * kh * kw < (int64_t(1) << 24), "a binary layer of ", s.cin_g * kh * kw,
               " inputs per output: sums of 2^24 or more are not exact in float32");

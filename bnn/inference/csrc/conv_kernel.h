@@ -39,7 +39,7 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const
 // p that count for tap t: masks[p * mask_stride + tap_mask[t]].
 template <int P>
 inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
-                      int64_t taps, int64_t wg, int64_t in_word_stride, int64_t cob, const uint64_t* wt,
+                      int64_t taps, int64_t wg, int64_t in_word_stride, int64_t w_word_stride, const uint64_t* wt,
                       const uint8_t* masks, int64_t mask_stride, const int64_t* n_valid, const BlockOut& out) {
   Vec acc[P][kChannels];
 #pragma GCC unroll 8
@@ -56,7 +56,7 @@ inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* 
       Vec x[P];
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) x[p] = mload(a + k * in_word_stride + p * kLanes, m[p]);
-      const uint64_t* wk = w + k * cob;
+      const uint64_t* wk = w + k * w_word_stride;
 #pragma GCC unroll 16
       for (int c = 0; c < kChannels; ++c) {
         const Vec wv = vbcast(wk[c]);
@@ -254,7 +254,7 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
       ++rows;
       for (int64_t j = 0; j < s.kw; ++j) {
         tap_in[taps] = g * s.wg * word_stride + (n * s.h + ih) * row_words + col_offset[j];
-        tap_w[taps] = ((g * s.kh + i) * s.kw + j) * s.wg * s.cob + c0;
+        tap_w[taps] = (i * s.kw + j) * s.wg * 8;
         tap_col[taps] = static_cast<int>(j);
         ++taps;
       }
@@ -267,13 +267,14 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
       pack_base = e.pack->row(n, s.ho, 0, co0);
     }
     uint8_t* const bits_row = e.pack ? pack_base + oh * pack_row_bytes : nullptr;
+    const uint64_t* const wt_block = wt + s.weight_offset(g, c0);
     for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
       const int p = block_vectors[blk];
       const int64_t ow0 = v * kLanes;
       const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
                            e.residual ? e.residual + offset + ow0 : nullptr,
                            tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row, 0, 0, 0, 0};
-      plan.fns[p](in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, s.cob, wt,
+      plan.fns[p](in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, 8, wt_block,
                   masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
       v += p;
     }
@@ -341,7 +342,7 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const u
     const int64_t co0 = g * s.cout_g + c0;
     uint8_t* const bits = e.pack ? e.pack->row(0, s.ho, 0, co0) : nullptr;
     const uint64_t* const in_g = in + g * s.wg * plane;
-    const uint64_t* const wt_block = wt + g * ktaps * s.wg * s.cob + c0;
+    const uint64_t* const wt_block = wt + s.weight_offset(g, c0);
     const std::vector<int>& block_vectors = chunk + 1 < chunks ? full : last;
     for (size_t blk = 0, v = 0; channels > 0 && blk < block_vectors.size(); ++blk) {
       const int p = block_vectors[blk];
@@ -363,10 +364,10 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const u
         for (int k = 0; k < p; ++k) lanes |= masks[k * ktaps + t];
         if (lanes == 0) continue;
         tap_in[taps] = all_in[t];
-        tap_w[taps] = t * s.wg * s.cob;
+        tap_w[taps] = t * s.wg * 8;
         tap_mask[taps++] = static_cast<int>(t);
       }
-      plan.fns[p](in_g + q0, tap_in.data(), tap_w.data(), tap_mask.data(), taps, s.wg, plane, s.cob, wt_block, masks,
+      plan.fns[p](in_g + q0, tap_in.data(), tap_w.data(), tap_mask.data(), taps, s.wg, plane, 8, wt_block, masks,
                   ktaps, nullptr, block);
       v += p;
     }
