@@ -167,6 +167,28 @@ def test_flat_pixels_across_rows_and_images(cin, groups, height, width, k, dilat
             assert torch.equal(bits, reference_bits(second, out)), path
 
 
+# two threads split a layer by words of 64 output channels when there are at least two, else by rows (or flat
+# pixels); either way, the same output and bits as the reference, and no two threads write the same words
+@pytest.mark.parametrize("cout", [24, 64, 192])
+@pytest.mark.parametrize("width, stride", [(14, 1), (16, 1), (15, 2)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_threads_split_by_words_or_rows(cout, width, stride, batch, monkeypatch):
+    first = packed_conv(40, cout, 3, stride, 1, 1, 1, seed=cout + width)
+    x = torch.randn(batch, 40, 9, width, generator=torch.Generator().manual_seed(batch))
+    expected = run(first, x, "reference", monkeypatch)
+    second = packed_conv(cout, 8, 3, 1, 1, 1, 1, seed=width)
+    first.hand_bits_to(second)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for path in PATHS:
+                out, bits = run(first, x, path, monkeypatch)
+                assert torch.equal(out, expected) and torch.equal(bits, reference_bits(second, out)), (n, path)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_output_written_over_the_residual(monkeypatch):
     """overwrites_residual: the kernels return the residual tensor itself, holding what a new output would."""
     layer = packed_conv(40, 24, 3, 1, 1, 1, 1, seed=3)

@@ -674,17 +674,22 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
   // AVX2 path's blocks of 4 would share bytes between tasks: it packs the output afterwards instead
   const bool pack_after = packed_out.has_value() && block % 8 != 0;
   const Epilogue run = pack_after ? Epilogue{e.codes, e.steps, e.params, e.channels, e.residual, nullptr} : e;
-  const int64_t blocks = groups * ((s.cob + block - 1) / block);
+  // each group's work in as many parts as threads (Share in conv_kernel.h): by words of 64 output channels when
+  // there are enough, else by rows of the batch (or chunks of its flat pixels)
+  const int64_t threads = at::get_num_threads(), words = (s.cout_g + 63) / 64;
+  const bool by_words = words >= threads;
   if (chosen == Isa::avx512 && runs_flat(s) && avx512::flat_pays(s)) {
     const auto geo = flat_geometry(s, avx512::kLanes);
-    at::parallel_for(0, blocks * avx512::flat_chunks(s), 1, [&](int64_t begin, int64_t end) {
-      avx512::conv_tasks_flat(s, *geo, in, wt, run, outp, begin, end);
+    const int64_t parts = by_words ? threads : std::min(threads, avx512::flat_chunks(s));
+    at::parallel_for(0, groups * parts, 1, [&](int64_t begin, int64_t end) {
+      avx512::conv_tasks_flat(s, *geo, in, wt, run, outp, parts, by_words, begin, end);
     });
   } else {
-    at::parallel_for(0, s.n * s.ho * blocks, 1, [&](int64_t begin, int64_t end) {
-      if (chosen == Isa::avx512) avx512::conv_tasks(s, in, wt, run, outp, begin, end);
-      else if (chosen == Isa::avx2) avx2::conv_tasks(s, in, wt, run, outp, begin, end);
-      else portable::conv_tasks(s, in, wt, run, outp, begin, end);
+    const int64_t parts = by_words ? threads : std::min(threads, s.n * s.ho);
+    at::parallel_for(0, groups * parts, 1, [&](int64_t begin, int64_t end) {
+      if (chosen == Isa::avx512) avx512::conv_tasks(s, in, wt, run, outp, parts, by_words, begin, end);
+      else if (chosen == Isa::avx2) avx2::conv_tasks(s, in, wt, run, outp, parts, by_words, begin, end);
+      else portable::conv_tasks(s, in, wt, run, outp, parts, by_words, begin, end);
     });
   }
   if (pack_after)

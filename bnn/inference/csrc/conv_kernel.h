@@ -176,11 +176,28 @@ inline BlockPlan block_plan(const ConvShape& s) {
   return {kDotBlock, 1, kPixelVectors};
 }
 
-// Tasks [task_begin, task_end) of task = ((n * G + g) * blocks + b) * Ho + oh: consecutive tasks are
-// consecutive rows of the same channels, so that the output and residual rows are read and written as
-// sequential streams and the block's weights stay in cache.
+// A thread's share of a convolution: part = g * parts + r of group g's work, split `parts` ways, by words of 64
+// output channels (r: a range of words, all units) or by units (r: a range of units, all channels); units are
+// the output rows of the batch, n * Ho + oh (conv_tasks), or chunks of its flat pixels (conv_tasks_flat). Either
+// way, no two threads write the same words of the next layer's packed input (8 channels a byte, 64 a word);
+// binary_conv2d splits by words when there are at least as many as threads: then each thread reads only its
+// channels' weights. A share runs one block of kChannels output channels after the other, each over all its
+// units: the output and residual rows are read and written as sequential streams, and the block's weights stay
+// in cache.
+struct Share {
+  int64_t g, block_begin, block_end, unit_begin, unit_end;
+  Share(int64_t part, int64_t parts, bool by_words, int64_t blocks, int64_t units) : g(part / parts) {
+    const int64_t r = part % parts, per_word = 64 / kChannels, words = (blocks + per_word - 1) / per_word;
+    block_begin = by_words ? std::min(blocks, r * words / parts * per_word) : 0;
+    block_end = by_words ? std::min(blocks, (r + 1) * words / parts * per_word) : blocks;
+    unit_begin = by_words ? 0 : r * units / parts;
+    unit_end = by_words ? units : (r + 1) * units / parts;
+  }
+};
+
+// Parts [part_begin, part_end) of the convolution in rows (Share).
 inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* wt, const Epilogue& e, float* out,
-                       int64_t task_begin, int64_t task_end) {
+                       int64_t parts, bool by_words, int64_t part_begin, int64_t part_end) {
   const int64_t blocks = (s.cob + kChannels - 1) / kChannels;
   const int64_t vectors = (s.wo + kLanes - 1) / kLanes, wo_pad = vectors * kLanes;
   const int64_t ktaps = s.kh * s.kw;
@@ -226,62 +243,54 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
   const BlockPlan plan = block_plan(s);
   const std::vector<int> block_vectors = plan.split(vectors);
   const int64_t nblocks = static_cast<int64_t>(block_vectors.size());
-  // the task's coordinates, advanced by counting (no division per task: they cost more than the rest of the
-  // bookkeeping together)
-  int64_t oh = task_begin % s.ho, b = (task_begin / s.ho) % blocks, g = (task_begin / (s.ho * blocks)) % s.groups;
-  int64_t n = task_begin / (s.ho * blocks * s.groups);
   const int64_t pack_row_bytes = e.pack ? e.pack->sw * e.pack->wp * 8 : 0;
-  int64_t pack_key = -1;
-  uint8_t* pack_base = nullptr;
-  for (int64_t task = task_begin; task < task_end; ++task, ++oh) {
-    if (oh == s.ho) {
-      oh = 0;
-      if (++b == blocks) {
-        b = 0;
-        if (++g == s.groups) {
-          g = 0;
+  for (int64_t part = part_begin; part < part_end; ++part) {
+    const Share share(part, parts, by_words, blocks, s.n * s.ho);
+    const int64_t g = share.g;
+    for (int64_t b = share.block_begin; b < share.block_end; ++b) {
+      const int64_t c0 = b * kChannels;
+      const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
+      if (channels <= 0) continue;
+      uint8_t* const pack_base = e.pack ? e.pack->row(0, s.ho, 0, g * s.cout_g + c0) : nullptr;  // (rows of all images)
+      int64_t n = share.unit_begin / s.ho, oh = share.unit_begin % s.ho;  // (counted on from row to row)
+      for (int64_t unit = share.unit_begin; unit < share.unit_end; ++unit, ++oh) {
+        if (oh == s.ho) {
+          oh = 0;
           ++n;
         }
-      }
-    }
-    const int64_t c0 = b * kChannels;
-    const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
-    if (channels <= 0) continue;
-    int64_t taps = 0, rows = 0;
-    for (int64_t i = 0; i < s.kh; ++i) {
-      const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-      if (ih < 0 || ih >= s.h) continue;
-      ++rows;
-      for (int64_t j = 0; j < s.kw; ++j) {
-        tap_in[taps] = g * s.wg * word_stride + (n * s.h + ih) * row_words + col_offset[j];
-        tap_w[taps] = (i * s.kw + j) * s.wg * 8;
-        tap_col[taps] = static_cast<int>(j);
-        ++taps;
-      }
-    }
-    const int64_t* row_valid = n_valid.data() + rows * wo_pad;
-    const float* row_valid_f = n_valid_f.data() + rows * wo_pad;
-    const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
-    if (e.pack && n * s.cout + co0 != pack_key) {  // a new block of channels: its bytes' first row
-      pack_key = n * s.cout + co0;
-      pack_base = e.pack->row(n, s.ho, 0, co0);
-    }
-    uint8_t* const bits_row = e.pack ? pack_base + oh * pack_row_bytes : nullptr;
-    const uint64_t* const wt_block = wt + s.weight_offset(g, c0);
-    for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
-      const int p = block_vectors[blk];
-      const int64_t ow0 = v * kLanes;
-      const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
-                           e.residual ? e.residual + offset + ow0 : nullptr,
-                           tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row, 0, 0, 0, 0};
-      plan.fns[p](in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, 8, wt_block,
-                  masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
-      v += p;
-    }
+        int64_t taps = 0, rows = 0;
+        for (int64_t i = 0; i < s.kh; ++i) {
+          const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+          if (ih < 0 || ih >= s.h) continue;
+          ++rows;
+          for (int64_t j = 0; j < s.kw; ++j) {
+            tap_in[taps] = g * s.wg * word_stride + (n * s.h + ih) * row_words + col_offset[j];
+            tap_w[taps] = (i * s.kw + j) * s.wg * 8;
+            tap_col[taps] = static_cast<int>(j);
+            ++taps;
+          }
+        }
+        const int64_t* row_valid = n_valid.data() + rows * wo_pad;
+        const float* row_valid_f = n_valid_f.data() + rows * wo_pad;
+        const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
+        uint8_t* const bits_row = e.pack ? pack_base + unit * pack_row_bytes : nullptr;
+        const uint64_t* const wt_block = wt + s.weight_offset(g, c0);
+        for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
+          const int p = block_vectors[blk];
+          const int64_t ow0 = v * kLanes;
+          const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
+                               e.residual ? e.residual + offset + ow0 : nullptr,
+                               tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row, 0, 0, 0, 0};
+          plan.fns[p](in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, 8, wt_block,
+                      masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
+          v += p;
+        }
 #ifndef BNN_DIRECT_EPILOGUE
-    finish_tile(e, tile.data(), ftile.data(), wo_pad, s.wo, channels, co0, out + offset,
-                e.residual ? e.residual + offset : nullptr, s.ho * s.wo, bits_row);
+        finish_tile(e, tile.data(), ftile.data(), wo_pad, s.wo, channels, co0, out + offset,
+                    e.residual ? e.residual + offset : nullptr, s.ho * s.wo, bits_row);
 #endif
+      }
+    }
   }
 }
 
@@ -306,11 +315,11 @@ inline int64_t flat_chunks(const ConvShape& s) {
 // Stride 1, output as large as the input (flat_geometry): the output pixels flat over the batch, q = (n * Ho +
 // oh) * Wo + ow, whose words of tap (i, j) are those of input pixel q + (i * dh - ph) * W + j * dw - pw. The
 // vectors run on across rows and images, so a row of 28, 14 or 7 pixels leaves no lane empty at its end; the
-// lanes whose tap falls outside their own image are masked per vector and tap (FlatGeometry). One task computes
-// a chunk of pixels (two register blocks) of one group and kChannels output channels, task = (g * blocks + b) *
-// chunks + chunk: consecutive tasks take consecutive chunks, with the same weights.
+// lanes whose tap falls outside their own image are masked per vector and tap (FlatGeometry). Parts
+// [part_begin, part_end) (Share), whose units are chunks of pixels (two register blocks each).
 inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const uint64_t* in, const uint64_t* wt,
-                            const Epilogue& e, float* out, int64_t task_begin, int64_t task_end) {
+                            const Epilogue& e, float* out, int64_t parts, bool by_words, int64_t part_begin,
+                            int64_t part_end) {
   const int64_t blocks = (s.cob + kChannels - 1) / kChannels, ktaps = s.kh * s.kw;
   const int64_t image_pixels = s.ho * s.wo, pixels = s.n * image_pixels, vectors = (pixels + kLanes - 1) / kLanes;
   const BlockPlan plan = block_plan(s);
@@ -321,60 +330,55 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const u
   std::vector<int> tap_mask(ktaps);
   for (int64_t i = 0; i < s.kh; ++i)
     for (int64_t j = 0; j < s.kw; ++j) all_in[i * s.kw + j] = (i * s.dh - s.ph) * s.w + j * s.dw - s.pw;
-  int64_t chunk = task_begin % chunks, b = (task_begin / chunks) % blocks, g = task_begin / (chunks * blocks);
-  int64_t image = -1, local = 0;  // of the chunk's first pixel (-1: to be found)
-  for (int64_t task = task_begin; task < task_end; ++task, ++chunk) {
-    if (chunk == chunks) {
-      chunk = 0;
-      image = -1;
-      if (++b == blocks) {
-        b = 0;
-        ++g;
-      }
-    }
-    const int64_t q_begin = chunk * chunk_pixels;
-    if (image < 0) {
-      image = q_begin / image_pixels;
-      local = q_begin % image_pixels;
-    }
-    const int64_t c0 = b * kChannels;
-    const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
-    const int64_t co0 = g * s.cout_g + c0;
-    uint8_t* const bits = e.pack ? e.pack->row(0, s.ho, 0, co0) : nullptr;
+  for (int64_t part = part_begin; part < part_end; ++part) {
+    const Share share(part, parts, by_words, blocks, chunks);
+    const int64_t g = share.g, chunk_begin = share.unit_begin, chunk_end = share.unit_end;
     const uint64_t* const in_g = in + g * s.wg * plane;
-    const uint64_t* const wt_block = wt + s.weight_offset(g, c0);
-    const std::vector<int>& block_vectors = chunk + 1 < chunks ? full : last;
-    for (size_t blk = 0, v = 0; channels > 0 && blk < block_vectors.size(); ++blk) {
-      const int p = block_vectors[blk];
-      const int64_t q0 = q_begin + static_cast<int64_t>(v) * kLanes;
-      int64_t block_image = image, block_local = local + static_cast<int64_t>(v) * kLanes;
-      while (block_local >= image_pixels) {
-        block_local -= image_pixels;
-        ++block_image;
+    for (int64_t b = share.block_begin; b < share.block_end; ++b) {
+      const int64_t c0 = b * kChannels;
+      const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
+      if (channels <= 0) continue;
+      const int64_t co0 = g * s.cout_g + c0;
+      uint8_t* const bits = e.pack ? e.pack->row(0, s.ho, 0, co0) : nullptr;
+      const uint64_t* const wt_block = wt + s.weight_offset(g, c0);
+      // the image of the chunk's first pixel, and that pixel's index in it (counted on from chunk to chunk)
+      int64_t image = chunk_begin * chunk_pixels / image_pixels, local = chunk_begin * chunk_pixels % image_pixels;
+      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+        const int64_t q_begin = chunk * chunk_pixels;
+        const std::vector<int>& block_vectors = chunk + 1 < chunks ? full : last;
+        for (size_t blk = 0, v = 0; blk < block_vectors.size(); ++blk) {
+          const int p = block_vectors[blk];
+          const int64_t q0 = q_begin + static_cast<int64_t>(v) * kLanes;
+          int64_t block_image = image, block_local = local + static_cast<int64_t>(v) * kLanes;
+          while (block_local >= image_pixels) {
+            block_local -= image_pixels;
+            ++block_image;
+          }
+          const BlockOut block{&e, co0, channels, image_pixels, pixels - q0, q0, geo.n_valid_f.data() + q0,
+                               out + co0 * image_pixels, e.residual ? e.residual + co0 * image_pixels : nullptr,
+                               nullptr, 0, bits, image_pixels, s.cout * image_pixels, block_image, block_local};
+          // the taps inside the input for some lane of the block (in the first and last rows of an image, a row
+          // of taps falls outside for every lane)
+          const uint8_t* const masks = geo.masks.data() + (q0 / kLanes) * ktaps;
+          int64_t taps = 0;
+          for (int64_t t = 0; t < ktaps; ++t) {
+            unsigned lanes = 0;
+            for (int k = 0; k < p; ++k) lanes |= masks[k * ktaps + t];
+            if (lanes == 0) continue;
+            tap_in[taps] = all_in[t];
+            tap_w[taps] = t * s.wg * 8;
+            tap_mask[taps++] = static_cast<int>(t);
+          }
+          plan.fns[p](in_g + q0, tap_in.data(), tap_w.data(), tap_mask.data(), taps, s.wg, plane, 8, wt_block,
+                      masks, ktaps, nullptr, block);
+          v += p;
+        }
+        local += chunk_pixels;  // the next chunk's first pixel
+        while (local >= image_pixels) {
+          local -= image_pixels;
+          ++image;
+        }
       }
-      const BlockOut block{&e, co0, channels, image_pixels, pixels - q0, q0, geo.n_valid_f.data() + q0,
-                           out + co0 * image_pixels, e.residual ? e.residual + co0 * image_pixels : nullptr,
-                           nullptr, 0, bits, image_pixels, s.cout * image_pixels, block_image, block_local};
-      // the taps inside the input for some lane of the block (in the first and last rows of an image, a row of
-      // taps falls outside for every lane)
-      const uint8_t* const masks = geo.masks.data() + (q0 / kLanes) * ktaps;
-      int64_t taps = 0;
-      for (int64_t t = 0; t < ktaps; ++t) {
-        unsigned lanes = 0;
-        for (int k = 0; k < p; ++k) lanes |= masks[k * ktaps + t];
-        if (lanes == 0) continue;
-        tap_in[taps] = all_in[t];
-        tap_w[taps] = t * s.wg * 8;
-        tap_mask[taps++] = static_cast<int>(t);
-      }
-      plan.fns[p](in_g + q0, tap_in.data(), tap_w.data(), tap_mask.data(), taps, s.wg, plane, 8, wt_block, masks,
-                  ktaps, nullptr, block);
-      v += p;
-    }
-    local += chunk_pixels;  // the next chunk's first pixel
-    while (local >= image_pixels) {
-      local -= image_pixels;
-      ++image;
     }
   }
 }
