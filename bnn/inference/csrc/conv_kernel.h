@@ -16,9 +16,8 @@
 // (binary_conv.cpp): for every tap, the words of consecutive output pixels are consecutive words. Lanes
 // whose tap falls in the zero padding are masked out of the sum, and their count of valid taps is smaller.
 //
-// One task computes one output row (image n, row oh) of one group and kChannels output channels (conv_tasks),
-// or on the AVX-512 path, for a convolution of stride 1 whose output is as large as its input, a chunk of the
-// output pixels flat over the batch (conv_tasks_flat).
+// conv_tasks runs a thread's share of the layer (Share) row by row; on the AVX-512 path, a convolution of stride
+// 1 whose output is as large as its input runs in chunks of output pixels flat over the batch (conv_tasks_flat).
 
 #ifndef BNN_DIRECT_EPILOGUE
 // The sums of a register block, n_valid - 2 * popcounts, into the task's int32 tile (finish_tile runs the
@@ -139,14 +138,18 @@ inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_
   for (int64_t l = 0; l < channels; ++l) std::copy(f + l * wo_pad, f + l * wo_pad + wo, out0 + l * channel_stride);
   if (bits) {  // the next layer's input bits: one byte of these (at most 8) channels per pixel
     const PackOut& pk = *e.pack;
-    std::vector<uint8_t> bytes(wo);
-    for (int64_t i = 0; i < wo; ++i) {
-      unsigned byte = 0;
-      for (int64_t l = 0; l < channels; ++l)
-        byte |= static_cast<unsigned>(threshold_bit(f[l * wo_pad + i], pk.threshold[co0 + l], pk.direction[co0 + l])) << l;
-      bytes[i] = static_cast<uint8_t>(byte);
+    uint8_t bytes[64];
+    for (int64_t i0 = 0; i0 < wo; i0 += 64) {
+      const int64_t count = std::min<int64_t>(64, wo - i0);
+      for (int64_t i = 0; i < count; ++i) {
+        unsigned byte = 0;
+        for (int64_t l = 0; l < channels; ++l)
+          byte |= static_cast<unsigned>(threshold_bit(f[l * wo_pad + i0 + i], pk.threshold[co0 + l],
+                                                      pk.direction[co0 + l])) << l;
+        bytes[i] = static_cast<uint8_t>(byte);
+      }
+      pk.store(bits, i0, bytes, count);
     }
-    pk.store(bits, 0, bytes.data(), wo);
   }
 }
 #endif
