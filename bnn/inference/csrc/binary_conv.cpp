@@ -370,7 +370,7 @@ __attribute__((always_inline)) inline void finish_pixels(__m512 (&f)[kChannels],
                                                          const BlockOut& out) {
   if (out.image_pixels == 0) {
     finish_pixels_of<false>(f, q, lanes, m, out, q * 16, nullptr);
-  } else if (out.local + q * 16 + 16 <= out.image_pixels) {
+  } else if (out.local + q * 16 + lanes <= out.image_pixels) {  // (its valid lanes within one image)
     finish_pixels_of<false>(f, q, lanes, m, out, out.image * out.image_stride + out.local + q * 16, nullptr);
   } else {
     finish_pixels_across(f, q, lanes, m, out);
