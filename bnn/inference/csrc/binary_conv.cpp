@@ -432,9 +432,9 @@ __attribute__((noinline)) void finish_half_block(__m512i (&acc)[(P + 1) / 2][kCh
 // words make one vector of 32-bit lanes, and each xor / popcount / add covers twice the pixels. The same sums
 // as dot_block, for P vectors of 8 pixels (taken in pairs), with the same arguments; one word per tap (wg = 1).
 template <int P>
-inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_col,
+inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
                            int64_t taps, int64_t, int64_t, int64_t, const uint64_t* wt, const uint8_t* masks,
-                           int64_t kw, const int64_t*, const BlockOut& out) {
+                           int64_t mask_stride, const int64_t*, const BlockOut& out) {
   constexpr int Q = (P + 1) / 2;
   __m512i acc[Q][kChannels];
 #pragma GCC unroll 4
@@ -442,14 +442,15 @@ inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int6
 #pragma GCC unroll 16
     for (int c = 0; c < kChannels; ++c) acc[q][c] = _mm512_setzero_si512();
   for (int64_t t = 0; t < taps; ++t) {
-    const uint8_t* tap_masks = masks + tap_col[t];
+    const uint8_t* tap_masks = masks + tap_mask[t];
     const uint64_t* a = in + tap_in[t];
     const uint64_t* w = wt + tap_w[t];
     __mmask16 m[Q];
     __m512i x[Q];
 #pragma GCC unroll 4
     for (int q = 0; q < Q; ++q) {
-      const __mmask8 lo = tap_masks[2 * q * kw], hi = 2 * q + 1 < P ? tap_masks[(2 * q + 1) * kw] : 0;
+      const __mmask8 lo = tap_masks[2 * q * mask_stride];
+      const __mmask8 hi = 2 * q + 1 < P ? tap_masks[(2 * q + 1) * mask_stride] : 0;
       m[q] = _mm512_kunpackb(hi, lo);
       x[q] = low_halves(_mm512_maskz_loadu_epi64(lo, a + q * 16), _mm512_maskz_loadu_epi64(hi, a + q * 16 + 8));
     }
