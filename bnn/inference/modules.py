@@ -137,15 +137,20 @@ class _Epilogue(nn.Module):
         raise NotImplementedError
 
     def _kernel_args(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The weights in the kernels' layout and the epilogue program, computed once (per set of buffers)."""
+        """The weights in the kernels' layout and the epilogue program, computed once per set of buffers and
+        their contents: a buffer replaced, or changed in place (``load_state_dict`` copies into the buffers, which
+        bumps their version counters), recomputes them."""
         b = self._buffers  # (not nn.Module.__getattr__: this runs at every call)
-        key = (b["weight_bits"], b["scale"], b["bias"], b["fused_codes"], b["fused_params"], self.emit_dot)
+        scale, bias = b["scale"], b["bias"]
+        tensors = (b["weight_bits"], scale, bias, b["fused_codes"], b["fused_params"])
+        versions = (tensors[0]._version, -1 if scale is None else scale._version, -1 if bias is None else bias._version,
+                    tensors[3]._version, tensors[4]._version, self.emit_dot)
         cached = self.__dict__.get("_kernel_cache")
-        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
+        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors)):
             out_channels, in_channels, kernel_size, groups = self._conv_geometry()
             layout = kernels.conv_weight_layout(self.weight_bits, out_channels, in_channels, kernel_size, groups)
-            cached = self._kernel_cache = (key, (layout,) + self.epilogue_program())
-        return cached[1]
+            cached = self._kernel_cache = (tensors, versions, (layout,) + self.epilogue_program())
+        return cached[2]
 
     def _epilogue_repr(self) -> str:
         scale = "shift" if self.scale_is_shift else ("multiply" if self.scale is not None else "none")

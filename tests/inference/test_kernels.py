@@ -204,6 +204,25 @@ def test_output_written_over_the_residual(monkeypatch):
         assert out.data_ptr() == r.data_ptr() and torch.equal(out, expected), path
 
 
+def test_buffers_changed_in_place_reach_the_kernels(monkeypatch):
+    """The kernels' weight layout and epilogue program are cached per layer: a state dict loaded into the layer
+    (copied into its buffers) or a buffer changed in place must not leave the kernels on the old values."""
+    layer, other = packed_conv(70, 24, 3, 1, 1, 1, 1, seed=7), packed_conv(70, 24, 3, 1, 1, 1, 1, seed=8)
+    x = torch.randn(2, 70, 6, 9, generator=torch.Generator().manual_seed(9))
+    for path in PATHS:
+        run(layer, x, path, monkeypatch)  # (fills the cache)
+    layer.load_state_dict(other.state_dict())
+    expected = run(other, x, "reference", monkeypatch)
+    for path in PATHS:
+        assert torch.equal(run(layer, x, path, monkeypatch), expected), path
+    with torch.no_grad():
+        layer.scale.mul_(2.0)
+        layer.weight_bits[:3] = ~layer.weight_bits[:3]
+    expected = run(layer, x, "reference", monkeypatch)
+    for path in PATHS:
+        assert torch.equal(run(layer, x, path, monkeypatch), expected), path
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_multiply_add_step_rounds_once_on_every_path(seed, monkeypatch):
     """The kernels' fused multiply-add (hardware or C library) against the reference's, in torch ops."""
