@@ -222,13 +222,15 @@ class PackedBinaryConv2d(_Epilogue):
 
     def _next_input(self, n: int, h: int, w: int) -> torch.Tensor:
         """The words of the next layer's packed input for an output of ``n`` x ``h`` x ``w``: zeros where the
-        epilogue writes nothing (the padding of a group's last word, the phases' words past the row's end)."""
+        epilogue writes nothing (the phases' words past the row's end; the padding of a group's last word when
+        this layer has groups: with one group, the kernels write the padding's zeros themselves)."""
         cached = self.__dict__.get("_next_input_shape")  # (the shape of the last call's: this runs at every call)
         if cached is None or cached[0] != (n, h, w):
             cin_g = self.out_channels // self.next_groups
             wp = -(-w // self.next_stride)
             shape = (self.next_groups, -(-cin_g // 64), n, h, self.next_stride, wp)
-            cached = self._next_input_shape = ((n, h, w), shape, cin_g % 64 == 0 and wp * self.next_stride == w)
+            whole_words = cin_g % 64 == 0 or self.groups == 1
+            cached = self._next_input_shape = ((n, h, w), shape, whole_words and wp * self.next_stride == w)
         _, shape, full = cached
         return torch.empty(shape, dtype=torch.int64) if full else torch.zeros(shape, dtype=torch.int64)
 

@@ -59,6 +59,15 @@ def test_batches_and_threads(batch, threads, monkeypatch):
     assert torch.equal(run(layer, x, PATHS[-1], monkeypatch), expected)
 
 
+def uninitialized_int64(empty):
+    """torch.empty whose int64 tensors hold all-ones words, as reused memory may: what a kernel leaves unwritten
+    in such a tensor shows."""
+    def garbage_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(-1) if t.dtype == torch.int64 else t
+    return garbage_empty
+
+
 def reference_bits(layer, x):
     """``layer``'s packed input for ``x``, by the pack kernel's portable path (compares of its own)."""
     return kernels.extension().pack_input(x, layer.threshold, layer.direction, layer.groups, layer.stride[1], 0)
@@ -86,7 +95,9 @@ def test_handed_over_bits_match_the_next_layers_own_packing(cout_groups, next_gr
         assert none is None
         for path in PATHS:
             mp.setenv("BNN_KERNELS", path)
-            out, bits = first(x)
+            with pytest.MonkeyPatch.context() as garbage:  # (the bits' words in memory that is not zero)
+                garbage.setattr(torch, "empty", uninitialized_int64(torch.empty))
+                out, bits = first(x)
             assert torch.equal(out, out_ref), path
             assert torch.equal(bits, reference_bits(second, out)), path
             assert torch.equal(second(out, packed=bits), expected_next), path

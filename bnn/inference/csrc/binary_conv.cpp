@@ -61,6 +61,10 @@ struct PackOut {
   const float* threshold;
   const int8_t* direction;
   int64_t groups, cin_g, wg, n, sw, wp, wo;  // wo: pixels per row
+  // The byte of a word's first 8 channels is written as the whole word, zeros above it: the padding channels of
+  // a group's last word are then zero with nothing cleared beforehand. Set when this layer has one group: one
+  // thread then writes all of a word's bytes (Share), the first before the others (its blocks in order).
+  bool whole_words;
   // the byte of channels co0 .. co0 + 7 (co0 a multiple of 8 within the next layer's group) in the word of
   // output pixel 0 of row (n, oh); the rows of all images follow on from there
   uint8_t* row(int64_t image, int64_t ho, int64_t oh, int64_t co0) const {
@@ -71,13 +75,23 @@ struct PackOut {
   // row's byte): pixel p is in row p / wo, at its column's word of the phase-split row. (Inlined: a call from
   // an epilogue makes the compiler save the dot loop's vector registers around it.)
   __attribute__((always_inline)) void store(uint8_t* first, int64_t p, const uint8_t* bytes, int64_t count) const {
+    if (whole_words && reinterpret_cast<uintptr_t>(first) % 8 == 0) {  // (a word's first byte)
+      store_as<uint64_t>(reinterpret_cast<uint64_t*>(first), p, bytes, count);
+    } else {
+      store_as<uint8_t>(first, p, bytes, count);
+    }
+  }
+  // store, each byte written as a T (its word, or just the byte) at `first` + 8 bytes per pixel's word
+  template <typename T>
+  __attribute__((always_inline)) void store_as(T* first, int64_t p, const uint8_t* bytes, int64_t count) const {
+    constexpr int64_t kStride = 8 / sizeof(T);
     if (sw == 1) {  // (wp = wo: the words of the rows follow one another)
-      for (int64_t j = 0; j < count; ++j) first[(p + j) * 8] = bytes[j];
+      for (int64_t j = 0; j < count; ++j) first[(p + j) * kStride] = bytes[j];
       return;
     }
     int64_t r = p / wo, col = p % wo, phase = col % sw, index = col / sw;  // (counted on from here)
     for (int64_t j = 0; j < count; ++j) {
-      first[((r * sw + phase) * wp + index) * 8] = bytes[j];
+      first[((r * sw + phase) * wp + index) * kStride] = bytes[j];
       if (++col == wo) {
         col = phase = index = 0;
         ++r;
@@ -657,6 +671,7 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
     pack.sw = po.size(4);
     pack.wp = po.size(5);
     pack.wo = s.wo;
+    pack.whole_words = groups == 1;
     pack.data = reinterpret_cast<uint8_t*>(po.data_ptr<int64_t>());
     pack.threshold = next_t.data_ptr<float>();
     pack.direction = next_d.data_ptr<int8_t>();
