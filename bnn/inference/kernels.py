@@ -15,13 +15,13 @@ import shutil
 import sys
 import threading
 import warnings
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from .packing import unpack_bits
 
-__all__ = ["extension", "kernel_isa", "conv_weight_layout", "ISA_NAMES"]
+__all__ = ["extension", "kernel_isa", "active", "conv_weight_layout", "ISA_NAMES"]
 
 ISA_NAMES = {0: "portable", 1: "avx2", 2: "avx512"}
 _CSRC = os.path.join(os.path.dirname(__file__), "csrc")
@@ -150,6 +150,15 @@ def kernel_isa() -> Optional[int]:
 
 
 _isa_by_setting: Dict[str, int] = {}
+
+
+def active() -> Tuple[Any, Optional[int]]:
+    """``(extension(), kernel_isa())`` with one read of ``BNN_KERNELS`` (a packed layer asks at every call),
+    ``(None, None)`` when the reference runs."""
+    isa = _isa_by_setting.get(os.environ.get("BNN_KERNELS", "").lower())
+    if isa is None:
+        isa = kernel_isa()
+    return (_state["module"], isa) if isa is not None else (None, None)
 
 
 def conv_weight_layout(weight_bits: torch.Tensor, out_channels: int, in_channels: int, kernel_size, groups: int

@@ -218,21 +218,6 @@ class PackedBinaryConv2d(_Epilogue):
         self.register_buffer("next_threshold", layer.threshold.clone())
         self.register_buffer("next_direction", layer.direction.clone())
         self.next_groups, self.next_stride = layer.groups, layer.stride[1]
-        self.__dict__.pop("_next_input_shape", None)  # (the last call's shape of the bits, for another layer)
-
-    def _next_input(self, n: int, h: int, w: int) -> torch.Tensor:
-        """The words of the next layer's packed input for an output of ``n`` x ``h`` x ``w``: zeros where the
-        epilogue writes nothing (the phases' words past the row's end; the padding of a group's last word when
-        this layer has groups: with one group, the kernels write the padding's zeros themselves)."""
-        cached = self.__dict__.get("_next_input_shape")  # (the shape of the last call's: this runs at every call)
-        if cached is None or cached[0] != (n, h, w):
-            cin_g = self.out_channels // self.next_groups
-            wp = -(-w // self.next_stride)
-            shape = (self.next_groups, -(-cin_g // 64), n, h, self.next_stride, wp)
-            whole_words = cin_g % 64 == 0 or self.groups == 1
-            cached = self._next_input_shape = ((n, h, w), shape, whole_words and wp * self.next_stride == w)
-        _, shape, full = cached
-        return torch.empty(shape, dtype=torch.int64) if full else torch.zeros(shape, dtype=torch.int64)
 
     #: Set by the converter (:func:`bnn.inference.fusion.write_over_residuals`) when nothing but this layer uses
     #: the tensor its ``add_residual`` step adds: the kernels then write the output over it (no new feature map).
@@ -256,24 +241,20 @@ class PackedBinaryConv2d(_Epilogue):
         rb = residual.unsqueeze(0) if unbatched and residual is not None else residual
         x4 = xb.unsqueeze(2) if self.conv1d else xb
         # (every attribute read here avoids nn.Module.__getattr__: this is the per-call cost of the layer)
-        isa = kernels.kernel_isa() if x.is_cpu and x.dtype == torch.float32 else None
+        ext, isa = kernels.active() if x.is_cpu and x.dtype == torch.float32 else (None, None)
         buffers, post = self._buffers, self._modules.get("post")
         next_threshold = buffers.get("next_threshold")
         bits_out = None
         if isa is not None and (rb is None or rb.dtype == torch.float32):
-            ext = kernels.extension()
             weight, codes, params = self._kernel_args()
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
             if packed is None:
                 packed = ext.pack_input(x4, buffers["threshold"], buffers["direction"], self.groups, sw, isa)
             r4 = None if rb is None else (rb.unsqueeze(2) if self.conv1d else rb)
-            n, _, h, w = x4.shape
-            if next_threshold is not None:
-                bits_out = self._next_input(n, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-                                            (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
-            out = ext.binary_conv2d(packed, w, weight, self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw,
-                                    dh, dw, self.groups, codes, params, r4, self.overwrites_residual and r4 is not None,
-                                    bits_out, next_threshold, buffers.get("next_direction"), self.next_groups, isa)
+            out, bits_out = ext.binary_conv2d(
+                packed, x4.shape[3], weight, self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
+                self.groups, codes, params, r4, self.overwrites_residual and r4 is not None, next_threshold,
+                buffers.get("next_direction"), self.next_groups, self.next_stride, None, isa)
             if self.conv1d:
                 out = out.squeeze(2)
             if post is not None and not self.emit_dot:
@@ -311,20 +292,19 @@ class PackedBinaryLinear(_Epilogue):
         return self.out_features, self.in_features, (1, 1), 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        isa = kernels.kernel_isa() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        ext, isa = kernels.active() if x.device.type == "cpu" and x.dtype == torch.float32 else (None, None)
         if isa is None or x.numel() == 0:
             bits = ChannelThresholds(self.threshold, self.direction).bits(x, -1)
             dot = binary_linear_reference(pack_bits(bits), self.weight_bits, self.in_features)
             return self._finish(dot, x)
         # on the kernels, as a 1x1 convolution whose pixels are the input's rows: (M, in) -> (1, in, 1, M),
         # so that the SIMD lanes run over rows
-        ext = kernels.extension()
         weight, codes, params = self._kernel_args()
         rows = x.reshape(-1, self.in_features)
         m = rows.shape[0]
         packed = ext.pack_input(rows.t().reshape(1, self.in_features, 1, m), self.threshold, self.direction, 1, 1, isa)
-        out = ext.binary_conv2d(packed, m, weight, self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1,
-                                codes, params, None, False, None, None, None, 0, isa)
+        out, _ = ext.binary_conv2d(packed, m, weight, self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1,
+                                   codes, params, None, False, None, None, 0, 0, None, isa)
         # contiguous, as the reference's: what follows (a float linear layer, say) may round differently on
         # another memory layout
         out = out.view(self.out_features, m).t().contiguous().view(*x.shape[:-1], self.out_features)

@@ -49,13 +49,13 @@ class FastMaxPool2d(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor):
         if not self.return_indices and _kernel_input(x):
-            isa = kernels.kernel_isa()
+            ext, isa = kernels.active()
             if isa is not None:
                 if not x.is_contiguous():
                     if x.is_contiguous(memory_format=torch.channels_last):
                         return super().forward(x)
                     x = x.contiguous()
-                return kernels.extension().max_pool2d_nchw(x, *self._geometry(), self.ceil_mode, isa)
+                return ext.max_pool2d_nchw(x, *self._geometry(), self.ceil_mode, isa)
         return super().forward(x)
 
 
@@ -77,8 +77,8 @@ class FastAvgPool2d(nn.AvgPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _kernel_input(x) and x.is_contiguous():
-            isa = kernels.kernel_isa()
+            ext, isa = kernels.active()
             if isa is not None:
-                return kernels.extension().avg_pool2d_nchw(x, *self._geometry(), self.ceil_mode,
-                                                           self.count_include_pad, self.divisor_override, isa)
+                return ext.avg_pool2d_nchw(x, *self._geometry(), self.ceil_mode, self.count_include_pad,
+                                           self.divisor_override, isa)
         return super().forward(x)

@@ -59,15 +59,6 @@ def test_batches_and_threads(batch, threads, monkeypatch):
     assert torch.equal(run(layer, x, PATHS[-1], monkeypatch), expected)
 
 
-def uninitialized_int64(empty):
-    """torch.empty whose int64 tensors hold all-ones words, as reused memory may: what a kernel leaves unwritten
-    in such a tensor shows."""
-    def garbage_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(-1) if t.dtype == torch.int64 else t
-    return garbage_empty
-
-
 def reference_bits(layer, x):
     """``layer``'s packed input for ``x``, by the pack kernel's portable path (compares of its own)."""
     return kernels.extension().pack_input(x, layer.threshold, layer.direction, layer.groups, layer.stride[1], 0)
@@ -95,12 +86,32 @@ def test_handed_over_bits_match_the_next_layers_own_packing(cout_groups, next_gr
         assert none is None
         for path in PATHS:
             mp.setenv("BNN_KERNELS", path)
-            with pytest.MonkeyPatch.context() as garbage:  # (the bits' words in memory that is not zero)
-                garbage.setattr(torch, "empty", uninitialized_int64(torch.empty))
-                out, bits = first(x)
+            out, bits = first(x)
             assert torch.equal(out, out_ref), path
             assert torch.equal(bits, reference_bits(second, out)), path
             assert torch.equal(second(out, packed=bits), expected_next), path
+
+
+# a layer of one group writes every bit of the words it hands over, the padding of a group's last word included:
+# the new tensor it packs into needs no zeros (its memory may hold anything, as here, where it is all ones)
+@pytest.mark.parametrize("cout", [8, 24, 37, 72, 100])
+@pytest.mark.parametrize("next_stride", [1, 2])
+@pytest.mark.parametrize("width", [16, 30])
+def test_handed_over_words_written_whole_with_one_group(cout, next_stride, width):
+    first = packed_conv(40, cout, 3, 1, 1, 1, 1, seed=cout)
+    second = packed_conv(cout, 16, 3, next_stride, 1, 1, 1, seed=cout + 1)
+    x = torch.randn(2, 40, 5, width, generator=torch.Generator().manual_seed(width))
+    weight, codes, params = first._kernel_args()
+    ext = kernels.extension()
+    for isa, path in kernels.ISA_NAMES.items():
+        if path not in PATHS:
+            continue
+        packed = ext.pack_input(x, first.threshold, first.direction, 1, 1, isa)
+        all_ones = torch.full((1, -(-cout // 64), 2, 5, next_stride, -(-width // next_stride)), -1, dtype=torch.int64)
+        out, bits = ext.binary_conv2d(packed, width, weight, 40, cout, 3, 3, 1, 1, 1, 1, 1, 1, 1, codes, params, None,
+                                      False, second.threshold, second.direction, 1, next_stride, all_ones, isa)
+        assert bits.data_ptr() == all_ones.data_ptr()
+        assert torch.equal(bits, reference_bits(second, out)), path
 
 
 def test_handing_over_needs_whole_bytes_of_channels():

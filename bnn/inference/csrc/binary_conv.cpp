@@ -595,13 +595,12 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
   return words;
 }
 
-torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tensor weight, int64_t cin, int64_t cout, int64_t kh,
-                            int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                            int64_t groups, torch::Tensor step_codes, torch::Tensor step_params,
-                            c10::optional<torch::Tensor> residual, bool out_over_residual,
-                            c10::optional<torch::Tensor> packed_out,
-                            c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction,
-                            int64_t next_groups, int64_t isa) {
+std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
+    torch::Tensor packed, int64_t in_width, torch::Tensor weight, int64_t cin, int64_t cout, int64_t kh, int64_t kw,
+    int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, torch::Tensor step_codes,
+    torch::Tensor step_params, c10::optional<torch::Tensor> residual, bool out_over_residual,
+    c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction, int64_t next_groups,
+    int64_t next_stride, c10::optional<torch::Tensor> packed_out, int64_t isa) {
   TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == torch::kInt64, "packed input must be [G,WG,N,H,SW,WP] int64");
   TORCH_CHECK(weight.dim() == 6 && weight.scalar_type() == torch::kInt64, "packed weight must be [G,B,KH,KW,WG,8] int64");
   ConvShape s;
@@ -644,12 +643,11 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
   // over the residual: each element of it is read by the epilogue that then writes the same element
   TORCH_CHECK(!out_over_residual || needs_residual, "the output can go over the residual only when a step adds it");
   const torch::Tensor out = out_over_residual ? res : torch::empty(out_sizes, torch::dtype(torch::kFloat32));
-  // the next binary layer's input, packed by the epilogue: [N, Ho, G', WG', SW', WP'] words, G' the next
-  // layer's groups; every block of 8 output channels must fall in one byte of one group's words
+  // the next binary layer's input, packed by the epilogue: [G', WG', N, Ho, SW', WP'] words, G' and SW' the next
+  // layer's groups and stride; every block of 8 output channels must fall in one byte of one group's words
   PackOut pack{};
-  torch::Tensor next_t, next_d;
-  if (packed_out.has_value()) {
-    const torch::Tensor& po = *packed_out;
+  torch::Tensor next_t, next_d, bits;
+  if (next_stride > 0) {
     TORCH_CHECK(next_threshold.has_value() && next_direction.has_value(),
                 "packing the output needs the next layer's thresholds and directions");
     next_t = next_threshold->contiguous();
@@ -663,21 +661,28 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
     TORCH_CHECK(next_groups == 1 || pack.cin_g % 8 == 0,
                 "packing the output: the next layer's channels per group must be a multiple of 8");
     pack.wg = (pack.cin_g + 63) / 64;
-    TORCH_CHECK(po.dim() == 6 && po.scalar_type() == torch::kInt64 && po.is_contiguous() && po.size(0) == next_groups &&
-                po.size(1) == pack.wg && po.size(2) == s.n && po.size(3) == s.ho && po.size(4) >= 1 &&
-                po.size(5) == (s.wo + po.size(4) - 1) / po.size(4),
-                "packed output must be contiguous int64 [G, WG, N, Ho, SW, ceil(Wo / SW)] for the next layer");
     pack.n = s.n;
-    pack.sw = po.size(4);
-    pack.wp = po.size(5);
+    pack.sw = next_stride;
+    pack.wp = (s.wo + next_stride - 1) / next_stride;
     pack.wo = s.wo;
     pack.whole_words = groups == 1;
-    pack.data = reinterpret_cast<uint8_t*>(po.data_ptr<int64_t>());
+    const std::vector<int64_t> bits_sizes{next_groups, pack.wg, s.n, s.ho, next_stride, pack.wp};
+    if (packed_out.has_value()) {  // (its words the epilogue does not write are left as they are)
+      bits = *packed_out;
+      TORCH_CHECK(bits.sizes() == bits_sizes && bits.scalar_type() == torch::kInt64 && bits.is_contiguous(),
+                  "the packed output must be contiguous int64 ", c10::IntArrayRef(bits_sizes), " for the next layer");
+    } else {  // zeros where the epilogue writes nothing: the padding of a group's last word (unless whole_words),
+              // the phases' words past the row's end
+      const bool written = (pack.whole_words || pack.cin_g % 64 == 0) && pack.sw * pack.wp == s.wo;
+      bits = written ? torch::empty(bits_sizes, torch::dtype(torch::kInt64))
+                     : torch::zeros(bits_sizes, torch::dtype(torch::kInt64));
+    }
+    pack.data = reinterpret_cast<uint8_t*>(bits.data_ptr<int64_t>());
     pack.threshold = next_t.data_ptr<float>();
     pack.direction = next_d.data_ptr<int8_t>();
   }
   const Epilogue e{code_p, steps, params.data_ptr<float>(), cout, needs_residual ? res.data_ptr<float>() : nullptr,
-                   packed_out.has_value() ? &pack : nullptr};
+                   next_stride > 0 ? &pack : nullptr};
   auto in_c = packed.contiguous();
   auto w_c = weight.contiguous();
   const uint64_t* in = reinterpret_cast<const uint64_t*>(in_c.data_ptr<int64_t>());
@@ -688,7 +693,7 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
                         : chosen == Isa::avx2 ? avx2::kChannels : portable::kChannels;
   // the epilogue packs the next layer's input when a block's channels make whole bytes (8 per block); the
   // AVX2 path's blocks of 4 would share bytes between tasks: it packs the output afterwards instead
-  const bool pack_after = packed_out.has_value() && block % 8 != 0;
+  const bool pack_after = next_stride > 0 && block % 8 != 0;
   const Epilogue run = pack_after ? Epilogue{e.codes, e.steps, e.params, e.channels, e.residual, nullptr} : e;
   // each group's work in as many parts as threads (Share in conv_kernel.h): by words of 64 output channels when
   // there are enough, else by rows of the batch (or chunks of its flat pixels)
@@ -711,7 +716,7 @@ torch::Tensor binary_conv2d(torch::Tensor packed, int64_t in_width, torch::Tenso
   if (pack_after)
     pack_into(outp, s.n, cout, s.ho, s.wo, pack.threshold, pack.direction, pack.groups, pack.sw, chosen,
               reinterpret_cast<uint64_t*>(pack.data));
-  return out;
+  return {out, bits};
 }
 
 }  // namespace bnn
