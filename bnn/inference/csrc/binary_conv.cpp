@@ -362,9 +362,30 @@ __attribute__((always_inline)) inline void finish_pixels_of(__m512 (&f)[kChannel
     }
   }
   if (bits_row) {
-    alignas(16) uint8_t bytes[16];
-    _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(bits));
-    e.pack->store(bits_row, out.ow0 + q * 16, bytes, lanes);
+    const __m128i packed_bytes = _mm512_cvtepi32_epi8(bits);
+    const PackOut& pk = *e.pack;
+    // 16 pixels whose words follow one another (the next layer's stride is 1): each byte widened to its word,
+    // shifted to its place, and two stores, of whole words as PackOut::store writes a word's first byte, else
+    // masked to the byte (2.6-2.8% faster on 32@112 than 16 byte stores; 0.4-1.7% on 64@56 and 128@28)
+    if (pk.sw == 1 && lanes == 16) {
+      const uintptr_t byte = reinterpret_cast<uintptr_t>(bits_row) % 8;
+      uint64_t* const words = reinterpret_cast<uint64_t*>(bits_row - byte) + out.ow0 + q * 16;
+      __m512i lo = _mm512_cvtepu8_epi64(packed_bytes), hi = _mm512_cvtepu8_epi64(_mm_srli_si128(packed_bytes, 8));
+      if (pk.whole_words && byte == 0) {
+        _mm512_storeu_si512(words, lo);
+        _mm512_storeu_si512(words + 8, hi);
+      } else {
+        const __mmask64 m = _cvtu64_mask64(0x0101010101010101ull << byte);
+        lo = _mm512_slli_epi64(lo, static_cast<unsigned>(8 * byte));
+        hi = _mm512_slli_epi64(hi, static_cast<unsigned>(8 * byte));
+        _mm512_mask_storeu_epi8(words, m, lo);
+        _mm512_mask_storeu_epi8(words + 8, m, hi);
+      }
+    } else {
+      alignas(16) uint8_t bytes[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(bytes), packed_bytes);
+      pk.store(bits_row, out.ow0 + q * 16, bytes, lanes);
+    }
   }
 }
 
