@@ -74,8 +74,12 @@ struct PackOut {
   // Writes bytes[0 .. count) as the bytes of pixels p .. p + count - 1 (p flat over the rows from `first`, a
   // row's byte): pixel p is in row p / wo, at its column's word of the phase-split row. (Inlined: a call from
   // an epilogue makes the compiler save the dot loop's vector registers around it.)
+  // which byte of its word `first` is (the words are 8-byte aligned)
+  static int64_t byte_in_word(const uint8_t* first) {
+    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(first) % 8);
+  }
   __attribute__((always_inline)) void store(uint8_t* first, int64_t p, const uint8_t* bytes, int64_t count) const {
-    if (whole_words && reinterpret_cast<uintptr_t>(first) % 8 == 0) {  // (a word's first byte)
+    if (whole_words && byte_in_word(first) == 0) {
       store_as<uint64_t>(reinterpret_cast<uint64_t*>(first), p, bytes, count);
     } else {
       store_as<uint8_t>(first, p, bytes, count);
@@ -368,18 +372,18 @@ __attribute__((always_inline)) inline void finish_pixels_of(__m512 (&f)[kChannel
     // shifted to its place, and two stores, of whole words as PackOut::store writes a word's first byte, else
     // masked to the byte (2.6-2.8% faster on 32@112 than 16 byte stores; 0.4-1.7% on 64@56 and 128@28)
     if (pk.sw == 1 && lanes == 16) {
-      const uintptr_t byte = reinterpret_cast<uintptr_t>(bits_row) % 8;
+      const int64_t byte = PackOut::byte_in_word(bits_row);
       uint64_t* const words = reinterpret_cast<uint64_t*>(bits_row - byte) + out.ow0 + q * 16;
       __m512i lo = _mm512_cvtepu8_epi64(packed_bytes), hi = _mm512_cvtepu8_epi64(_mm_srli_si128(packed_bytes, 8));
       if (pk.whole_words && byte == 0) {
         _mm512_storeu_si512(words, lo);
         _mm512_storeu_si512(words + 8, hi);
       } else {
-        const __mmask64 m = _cvtu64_mask64(0x0101010101010101ull << byte);
+        const __mmask64 byte_mask = _cvtu64_mask64(0x0101010101010101ull << byte);
         lo = _mm512_slli_epi64(lo, static_cast<unsigned>(8 * byte));
         hi = _mm512_slli_epi64(hi, static_cast<unsigned>(8 * byte));
-        _mm512_mask_storeu_epi8(words, m, lo);
-        _mm512_mask_storeu_epi8(words + 8, m, hi);
+        _mm512_mask_storeu_epi8(words, byte_mask, lo);
+        _mm512_mask_storeu_epi8(words + 8, byte_mask, hi);
       }
     } else {
       alignas(16) uint8_t bytes[16];
