@@ -140,6 +140,20 @@ def converted(name, recipe):
     return model, bnn.to_inference(model, torch.randn(1, 3, 224, 224))
 
 
+def faults_per_call(fn, calls=2):
+    """Minor page faults per call of ``fn``, from ``resource.getrusage`` (None where it is not available): at
+    batch 8 they can be a large part of a forward (docs/benchmarks.md), and which forwards take them depends on
+    what ran before in the process."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def bench_models(args):
     import torchvision
     recipes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes")
@@ -149,7 +163,7 @@ def bench_models(args):
              ("reactnet18", "resnet18", "reactnet.yaml")]
     print("\n== End to end, 224x224: converted binary model vs float torchvision model ==")
     print(f"{'binary model':<20} {'float model':<14} {'thr':>3} {'latency b1 float/binary ms':>28} {'speed-up':>9} "
-          f"{'throughput b8 float/binary img/s':>34} {'speed-up':>9}")
+          f"{'throughput b8 float/binary img/s':>34} {'speed-up':>9} {'faults/b8 float/binary':>23}")
     for binary_name, float_name, recipe in pairs:
         if binary_name not in available:
             print(f"{binary_name}: not in bnn.models, skipped")
@@ -164,10 +178,12 @@ def bench_models(args):
                                   settle=args.settle)
                 t8 = median_times({"float": lambda: reference(x8), "binary": lambda: fast(x8)}, args.repeats,
                                   settle=args.settle)
+                faults = [faults_per_call(lambda: model(x8)) for model in (reference, fast)]
+                faults_text = "n/a" if None in faults else f"{faults[0]:.0f} / {faults[1]:.0f}"
                 print(f"{binary_name:<20} {float_name:<14} {threads:>3} "
                       f"{t1['float'] * 1e3:>13.1f} / {t1['binary'] * 1e3:<12.1f} {t1['float'] / t1['binary']:>8.1f}x "
-                      f"{8 / t8['float']:>16.1f} / {8 / t8['binary']:<15.1f} {t8['float'] / t8['binary']:>8.1f}x",
-                      flush=True)
+                      f"{8 / t8['float']:>16.1f} / {8 / t8['binary']:<15.1f} {t8['float'] / t8['binary']:>8.1f}x "
+                      f"{faults_text:>23}", flush=True)
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "model.bnn")
             fast.save(path)
