@@ -112,6 +112,9 @@ def test_handed_over_words_written_whole_with_one_group(cout, next_stride, width
                                       False, second.threshold, second.direction, 1, next_stride, all_ones, isa)
         assert bits.data_ptr() == all_ones.data_ptr()
         assert torch.equal(bits, reference_bits(second, out)), path
+        with pytest.raises(RuntimeError, match="written only for a next layer of stride 1 or more"):
+            ext.binary_conv2d(packed, width, weight, 40, cout, 3, 3, 1, 1, 1, 1, 1, 1, 1, codes, params, None, False,
+                              second.threshold, second.direction, 1, 0, all_ones, isa)
 
 
 def test_handing_over_needs_whole_bytes_of_channels():

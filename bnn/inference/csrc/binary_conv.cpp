@@ -672,6 +672,8 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
   // layer's groups and stride; every block of 8 output channels must fall in one byte of one group's words
   PackOut pack{};
   torch::Tensor next_t, next_d, bits;
+  TORCH_CHECK(next_stride >= 0 && (next_stride > 0 || !packed_out.has_value()),
+              "the next layer's packed input is written only for a next layer of stride 1 or more, not ", next_stride);
   if (next_stride > 0) {
     TORCH_CHECK(next_threshold.has_value() && next_direction.has_value(),
                 "packing the output needs the next layer's thresholds and directions");
