@@ -136,7 +136,8 @@ def extension():
 
 def kernel_isa() -> Optional[int]:
     """The code path the kernels run (0 portable, 1 AVX2, 2 AVX-512), capped by ``BNN_KERNELS``; None
-    when they are not available. (Called by every packed layer: the answer is memoized per setting.)"""
+    when they are not available. (Memoized per setting: the packed layers ask at every call, through
+    :func:`active`.)"""
     setting = os.environ.get("BNN_KERNELS", "").lower()
     if setting in _isa_by_setting:
         return _isa_by_setting[setting]
