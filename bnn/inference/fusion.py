@@ -212,9 +212,11 @@ def fuse_epilogues(gm: torch.fx.GraphModule) -> int:
 def hand_over_bits(gm: torch.fx.GraphModule) -> int:
     """Where a packed 2-d convolution's output is the input of another packed convolution, make the first
     write the second's packed input in its epilogue (:meth:`PackedBinaryConv2d.hand_bits_to`): its node then
-    returns ``(output, bits)``, its users take ``[0]``, the second layer ``packed=[1]``. One consumer per
-    layer. Returns the number of hand-overs; call ``gm.recompile()``. (The bits are the output's value when
-    the layer ran: :func:`bnn.to_inference` refuses graphs that use a tensor after changing it in place.)"""
+    returns ``(output, bits)``, its users take ``[0]``, the second layer ``packed=[1]``. The same bits also go
+    to every other consumer that would pack its input the same way (:func:`_packs_alike`: ReActNet-A's two
+    pointwise convolutions after one 3x3). Returns the number of layers that hand over their bits; call
+    ``gm.recompile()``. (The bits are the output's value when the layer ran: :func:`bnn.to_inference` refuses
+    graphs that use a tensor after changing it in place.)"""
     calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     linked = 0
     for node in list(gm.graph.nodes):
@@ -225,24 +227,30 @@ def hand_over_bits(gm: torch.fx.GraphModule) -> int:
         if (type(producer) is not PackedBinaryConv2d or producer.post is not None or meta is None
                 or len(getattr(meta, "shape", ())) != 4 or meta.dtype != torch.float32):
             continue
-        consumer_node = None
-        for user in node.users:
-            if user.op != "call_module" or not user.args or user.args[0] is not node or "packed" in user.kwargs:
-                continue
-            if producer.can_hand_bits_to(gm.get_submodule(user.target)):
-                consumer_node = user
-                break
-        if consumer_node is None:
+        consumers = [user for user in node.users
+                     if user.op == "call_module" and user.args and user.args[0] is node and "packed" not in user.kwargs
+                     and producer.can_hand_bits_to(gm.get_submodule(user.target))]
+        if not consumers:
             continue
-        producer.hand_bits_to(gm.get_submodule(consumer_node.target))
+        first = gm.get_submodule(consumers[0].target)
+        producer.hand_bits_to(first)
         with gm.graph.inserting_after(node):
             output = gm.graph.call_function(operator.getitem, (node, 0))
         node.replace_all_uses_with(output, delete_user_cb=lambda user: user is not output)
         with gm.graph.inserting_after(output):
             bits = gm.graph.call_function(operator.getitem, (node, 1))
-        consumer_node.kwargs = {**consumer_node.kwargs, "packed": bits}
+        for consumer in consumers:
+            if consumer is consumers[0] or _packs_alike(first, gm.get_submodule(consumer.target)):
+                consumer.kwargs = {**consumer.kwargs, "packed": bits}
         linked += 1
     return linked
+
+
+def _packs_alike(a: PackedBinaryConv2d, b: PackedBinaryConv2d) -> bool:
+    """Whether ``a`` and ``b`` pack a given input into the same words: the same thresholds and directions, and
+    the same layout of the words (groups, and the horizontal stride their columns are split by)."""
+    return (a.groups == b.groups and a.stride[1] == b.stride[1] and torch.equal(a.threshold, b.threshold)
+            and torch.equal(a.direction, b.direction))
 
 
 # Modules whose output is a new tensor, never a view of their input or of a parameter.

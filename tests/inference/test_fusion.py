@@ -917,6 +917,42 @@ def test_bits_handed_over_between_packed_convs(path, monkeypatch):
     assert consumer.kwargs["packed"].target is operator.getitem and consumer.kwargs["packed"].args[1] == 1
 
 
+class OneConvTwoConsumers(nn.Module):
+    """conv1's output read by two binary 1x1 convolutions, concatenated (ReActNet-A's channel-doubling block)."""
+
+    def __init__(self, channels, second_stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv2a = nn.Conv2d(channels, channels, 1, bias=False)
+        self.conv2b = nn.Conv2d(channels, channels, 1, stride=second_stride, bias=False)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        return torch.cat([self.conv2a(y).flatten(1), self.conv2b(y).flatten(1)], 1)
+
+
+def packed_from(fast, name):
+    """The node that ``packed=`` gives the call of ``name``, or None."""
+    [call] = [n for n in fast.graph_module.graph.nodes if n.target == name]
+    return call.kwargs.get("packed")
+
+
+# the bits go to a second consumer only when it would pack the same words: same thresholds, groups and stride
+@pytest.mark.parametrize("case", ["same", "other stride", "other thresholds"])
+@pytest.mark.parametrize("path", PATHS)
+def test_bits_shared_by_consumers_that_pack_alike(case, path, monkeypatch):
+    config = "rsign+xnor" if case == "other thresholds" else SIGN_XNOR
+    model, x, fast = converted(("two consumers", case),
+                               lambda: binarized(OneConvTwoConsumers(16, 2 if case == "other stride" else 1), config,
+                                                 seed=73),
+                               example((16, 8, 10, 2), seed=74))
+    use_path(path, monkeypatch)
+    check_outputs(fast, model, x, -x)
+    first, second = packed_from(fast, "conv2a"), packed_from(fast, "conv2b")
+    assert first is not None and first.target is operator.getitem and first.args[1] == 1
+    assert (second is first) == (case == "same")
+
+
 @pytest.mark.parametrize("in_place", ["method", "module"])
 def test_a_tensor_used_after_an_in_place_change_is_refused(in_place):
     """The bits (and the thresholds) would be those of the tensor before the change: a clear error instead."""
