@@ -202,6 +202,9 @@ def main(argv=None):
                         "state: the core runs slower for a few ms after another contender's float convolution)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes for the per-layer table")
+    p.add_argument("--retain-memory", action="store_true",
+                   help="call bnn.inference.retain_freed_memory() first: glibc keeps freed memory, so batch-8 "
+                        "forwards take no page faults (for float and binary alike)")
     p.add_argument("--skip-layers", action="store_true")
     p.add_argument("--skip-models", action="store_true")
     args = p.parse_args(argv)
@@ -212,7 +215,11 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs")
     # glibc's settings for big blocks decide how many page faults each forward takes (see docs/benchmarks.md)
     malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}
-    print("allocator settings: " + (", ".join(f"{k}={v}" for k, v in sorted(malloc.items())) or "glibc defaults"))
+    settings = [f"{k}={v}" for k, v in sorted(malloc.items())]
+    if args.retain_memory:
+        settings.append("bnn.inference.retain_freed_memory(): "
+                        + ("applied" if bnn.inference.retain_freed_memory() else "not available here"))
+    print("allocator settings: " + (", ".join(settings) or "glibc defaults"))
     if not args.skip_layers:
         bench_layers(args)
         bench_linears(args)

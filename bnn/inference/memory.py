@@ -1,0 +1,42 @@
+r"""glibc's malloc and the page faults of large feature maps.
+
+By default glibc hands big freed blocks back to the system (it trims the top of its heap, and serves the largest
+requests from fresh mappings). A forward that allocates feature maps of several MB, as a batch of 8 at 224x224
+does, may then touch all their pages anew each time: minor page faults that cost a binary model up to a third of
+its batch-8 time (``docs/benchmarks.md``; ``benchmarks/inference.py`` prints them per forward). Whether a given
+forward takes them depends on what ran before in the process. :func:`retain_freed_memory` is the opt-in fix.
+"""
+import ctypes
+import ctypes.util
+import sys
+
+__all__ = ["retain_freed_memory"]
+
+# mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# glibc's upper limit on the mapping threshold on 64-bit systems (4 * 1024 * 1024 * sizeof(long)): larger values
+# are refused
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc's malloc, for the whole process, to keep the memory it frees for later requests: no trimming of
+    its heap (threshold 2 GiB), and blocks up to 32 MiB from the heap rather than from fresh mappings. The process
+    then keeps its peak memory, and forwards after the first take no page faults for their feature maps (blocks
+    above 32 MiB still come from fresh mappings).
+
+    This changes the allocator of everything in the process, so bnn never calls it by itself. The same effect,
+    before the process starts: ``MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_MMAP_THRESHOLD_=33554432``.
+
+    Returns True when glibc accepted both settings, False where there is no glibc ``mallopt`` (another
+    system or C library): nothing is changed then."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
