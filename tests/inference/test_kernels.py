@@ -108,13 +108,15 @@ def test_handed_over_words_written_whole_with_one_group(cout, next_stride, width
             continue
         packed = ext.pack_input(x, first.threshold, first.direction, 1, 1, isa)
         all_ones = torch.full((1, -(-cout // 64), 2, 5, next_stride, -(-width // next_stride)), -1, dtype=torch.int64)
-        out, bits = ext.binary_conv2d(packed, width, weight, 40, cout, 3, 3, 1, 1, 1, 1, 1, 1, 1, codes, params, None,
-                                      False, second.threshold, second.direction, 1, next_stride, all_ones, isa)
+
+        def conv(stride_of_next):  # (3x3, stride 1, padding 1, one group; packing into all_ones)
+            return ext.binary_conv2d(packed, width, weight, 40, cout, 3, 3, 1, 1, 1, 1, 1, 1, 1, codes, params, None,
+                                     False, second.threshold, second.direction, 1, stride_of_next, all_ones, isa)
+        out, bits = conv(next_stride)
         assert bits.data_ptr() == all_ones.data_ptr()
         assert torch.equal(bits, reference_bits(second, out)), path
         with pytest.raises(RuntimeError, match="written only for a next layer of stride 1 or more"):
-            ext.binary_conv2d(packed, width, weight, 40, cout, 3, 3, 1, 1, 1, 1, 1, 1, 1, codes, params, None, False,
-                              second.threshold, second.direction, 1, 0, all_ones, isa)
+            conv(0)
 
 
 def test_handing_over_needs_whole_bytes_of_channels():
