@@ -60,8 +60,19 @@ def test_batches_and_threads(batch, threads, monkeypatch):
 
 
 def reference_bits(layer, x):
-    """``layer``'s packed input for ``x``, by the pack kernel's portable path (compares of its own)."""
+    """``layer``'s packed input for ``x``, by the pack kernel's portable path (compares of its own): int64 words."""
     return kernels.extension().pack_input(x, layer.threshold, layer.direction, layer.groups, layer.stride[1], 0)
+
+
+def same_bits(bits, layer, x, path):
+    """Whether ``bits``, packed by ``path``, are ``layer``'s packed input for ``x`` (reference_bits), in words of
+    that path's width for the layer: int32 where the AVX-512 half-word path runs it (compared as the low halves
+    of int64 words), else int64."""
+    isa = {name: isa for isa, name in kernels.ISA_NAMES.items()}[path]
+    word_bytes = kernels.extension().packed_word_bytes(layer.in_channels // layer.groups, isa)
+    assert bits.dtype == (torch.int32 if word_bytes == 4 else torch.int64), (path, bits.dtype)
+    words = bits.to(torch.int64) & 0xFFFFFFFF if word_bytes == 4 else bits
+    return torch.equal(words, reference_bits(layer, x))
 
 
 # a layer that hands its next layer the packed input: the bits equal that layer's own packing of the output
@@ -88,7 +99,7 @@ def test_handed_over_bits_match_the_next_layers_own_packing(cout_groups, next_gr
             mp.setenv("BNN_KERNELS", path)
             out, bits = first(x)
             assert torch.equal(out, out_ref), path
-            assert torch.equal(bits, reference_bits(second, out)), path
+            assert same_bits(bits, second, out, path), path
             assert torch.equal(second(out, packed=bits), expected_next), path
 
 
@@ -107,14 +118,15 @@ def test_handed_over_words_written_whole_with_one_group(cout, next_stride, width
         if path not in PATHS:
             continue
         packed = ext.pack_input(x, first.threshold, first.direction, 1, 1, isa)
-        all_ones = torch.full((1, -(-cout // 64), 2, 5, next_stride, -(-width // next_stride)), -1, dtype=torch.int64)
+        word_type = torch.int32 if ext.packed_word_bytes(cout, isa) == 4 else torch.int64
+        all_ones = torch.full((1, -(-cout // 64), 2, 5, next_stride, -(-width // next_stride)), -1, dtype=word_type)
 
         def conv(stride_of_next):  # (3x3, stride 1, padding 1, one group; packing into all_ones)
             return ext.binary_conv2d(packed, width, weight, 40, cout, 3, 3, 1, 1, 1, 1, 1, 1, 1, codes, params, None,
                                      False, second.threshold, second.direction, 1, stride_of_next, all_ones, isa)
         out, bits = conv(next_stride)
         assert bits.data_ptr() == all_ones.data_ptr()
-        assert torch.equal(bits, reference_bits(second, out)), path
+        assert same_bits(bits, second, out, path), path
         with pytest.raises(RuntimeError, match="written only for a next layer of stride 1 or more"):
             conv(0)
 
@@ -142,7 +154,28 @@ def test_wide_rows_of_narrow_groups(cin, groups, width, stride, monkeypatch):
     first.hand_bits_to(second)
     for path in PATHS:
         out, bits = run(first, x, path, monkeypatch)
-        assert torch.equal(out, expected) and torch.equal(bits, reference_bits(second, out)), path
+        assert torch.equal(out, expected) and same_bits(bits, second, out, path), path
+
+
+# the AVX-512 path packs groups of at most 32 channels in 32-bit words (its half-word path reads them so), every
+# other path and wider groups in 64-bit words; a convolution given words of the other width says so
+@pytest.mark.parametrize("cin, groups", [(32, 1), (64, 2), (33, 1), (64, 1)])
+def test_packed_word_width(cin, groups):
+    ext = kernels.extension()
+    layer = packed_conv(cin, 16, 3, 1, 1, 1, groups, seed=cin)
+    x = torch.randn(1, cin, 4, 9, generator=torch.Generator().manual_seed(groups))
+    weight, codes, params = layer._kernel_args()
+    for path in PATHS:
+        isa = {name: isa for isa, name in kernels.ISA_NAMES.items()}[path]
+        narrow = path == "avx512" and cin // groups <= 32
+        assert ext.packed_word_bytes(cin // groups, isa) == (4 if narrow else 8)
+        packed = ext.pack_input(x, layer.threshold, layer.direction, groups, 1, isa)
+        assert packed.dtype == (torch.int32 if narrow else torch.int64)
+        assert torch.equal(packed.to(torch.int64) & 0xFFFFFFFF if narrow else packed, reference_bits(layer, x))
+        other = packed.to(torch.int64 if narrow else torch.int32)
+        with pytest.raises(RuntimeError, match=f"packed input must be .* words for {cin // groups} channels per group"):
+            ext.binary_conv2d(other, 9, weight, cin, 16, 3, 3, 1, 1, 1, 1, 1, 1, groups, codes, params, None, False,
+                              None, None, 0, 0, None, isa)
 
 
 # 7x7-like maps: rows of at most 8 output pixels (one vector per row on AVX-512), on the 64-bit path, with
@@ -160,7 +193,7 @@ def test_narrow_rows_in_blocks_of_rows(cin, groups, height, width, stride, paddi
     first.hand_bits_to(second)
     for path in PATHS:
         out, bits = run(first, x, path, monkeypatch, residual)
-        assert torch.equal(out, expected) and torch.equal(bits, reference_bits(second, out)), path
+        assert torch.equal(out, expected) and same_bits(bits, second, out, path), path
 
 
 # stride 1 with the output as large as the input, rows that leave lanes empty: on AVX-512 the pixels run flat
@@ -191,7 +224,7 @@ def test_flat_pixels_across_rows_and_images(cin, groups, height, width, k, dilat
             r = residual.clone()
             out, bits = run(first, x, path, monkeypatch, r)
             assert out.data_ptr() == r.data_ptr() and torch.equal(out, expected), path
-            assert torch.equal(bits, reference_bits(second, out)), path
+            assert same_bits(bits, second, out, path), path
 
 
 # two threads split a layer by words of 64 output channels when there are at least two, else by rows (or flat
@@ -211,7 +244,7 @@ def test_threads_split_by_words_or_rows(cout, width, stride, batch, monkeypatch)
             torch.set_num_threads(n)
             for path in PATHS:
                 out, bits = run(first, x, path, monkeypatch)
-                assert torch.equal(out, expected) and torch.equal(bits, reference_bits(second, out)), (n, path)
+                assert torch.equal(out, expected) and same_bits(bits, second, out, path), (n, path)
     finally:
         torch.set_num_threads(threads)
 

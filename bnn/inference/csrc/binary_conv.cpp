@@ -1,9 +1,11 @@
-// Packed binary convolution on the CPU: XNOR-popcount over 64-bit words (on AVX-512, over their low 32-bit
-// halves when a group has at most 32 input channels), three code paths chosen at run time (AVX-512 with
-// VPOPCNTDQ, AVX2, portable C++), threads from ATen's pool (torch.get_num_threads()).
+// Packed binary convolution on the CPU: XNOR-popcount over 64-bit words (on AVX-512, over 32-bit words when a
+// group has at most 32 input channels), three code paths chosen at run time (AVX-512 with VPOPCNTDQ, AVX2,
+// portable C++), threads from ATen's pool (torch.get_num_threads()).
 //
 // Layouts (int64 words, bit i of a word = channel 64 * word + i of the group, 1 = +1):
-//   packed input  [G, WG, N, H, SW, WP]       WG = ceil(C_in / G / 64), SW the stride, WP = ceil(W / SW)
+//   packed input  [G, WG, N, H, SW, WP]       WG = ceil(C_in / G / 64), SW the stride, WP = ceil(W / SW); int32
+//                                             words where the AVX-512 path runs groups of at most 32 channels
+//                                             (packed_word_bytes): half the memory, and 16 pixels to a vector
 //   packed weight [G, B, KH, KW, WG, 8]       B = ceil(C_out / G / 8) blocks of 8 output channels, zero bits in
 //                                             padding: the weights of a block are one contiguous stream
 // The input is a plane of words per group and word of 64 channels, its rows those of every image in turn: in
@@ -36,10 +38,19 @@
 namespace bnn {
 namespace {
 
+// Groups of at most 32 input channels: on AVX-512, the half-word path (32-bit lanes) runs them, on input words
+// of 32 bits (packed_word_bytes).
+inline bool half_words(int64_t cin_g) { return cin_g <= 32; }
+
 struct ConvShape {
   int64_t n, h, w, groups, wg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cout, cout_g, cob, cin_g, wp;  // cob = 8 B
+  int64_t word_bytes;  // of the packed input's words: 8, or 4 (packed_word_bytes)
   // the weight words of output channel c0 (of group g), for tap 0 and word 0: then + (tap * wg + word) * 8
   int64_t weight_offset(int64_t g, int64_t c0) const { return ((g * (cob / 8) + c0 / 8) * kh * kw * wg) * 8 + c0 % 8; }
+  // the packed input's word `words` words on from `in`
+  const void* input_word(const void* in, int64_t words) const {
+    return static_cast<const char*>(in) + words * word_bytes;
+  }
 };
 
 // Epilogue step codes (bnn/inference/modules.py: EPILOGUE_STEPS).
@@ -54,13 +65,14 @@ inline bool threshold_bit(float x, float t, int8_t d) { return d > 0 ? x >= t : 
 inline int64_t phase_word(int64_t w, int64_t sw, int64_t wp) { return (w % sw) * wp + w / sw; }
 
 // The next binary layer's packed input, written by the epilogue: [G, WG, N, Ho, SW, WP] words (the layout of
-// pack_input, for the output rows), bits from threshold_bit with that layer's per-channel thresholds.
+// pack_input, for the output rows; words of word_bytes bytes), bits from threshold_bit with that layer's
+// per-channel thresholds.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "PackOut writes byte k of a word as its bits 8k..8k+7");
 struct PackOut {
   uint8_t* data;
   const float* threshold;
   const int8_t* direction;
-  int64_t groups, cin_g, wg, n, sw, wp, wo;  // wo: pixels per row
+  int64_t groups, cin_g, wg, n, sw, wp, wo, word_bytes;  // wo: pixels per row
   // The byte of a word's first 8 channels is written as the whole word, zeros above it: the padding channels of
   // a group's last word are then zero with nothing cleared beforehand. Set when this layer has one group: one
   // thread then writes all of a word's bytes (Share), the first before the others (its blocks in order).
@@ -69,26 +81,32 @@ struct PackOut {
   // output pixel 0 of row (n, oh); the rows of all images follow on from there
   uint8_t* row(int64_t image, int64_t ho, int64_t oh, int64_t co0) const {
     const int64_t g = co0 / cin_g, ci = co0 % cin_g;
-    return data + ((((g * wg + ci / 64) * n + image) * ho + oh) * sw * wp) * 8 + (ci % 64) / 8;
+    return data + ((((g * wg + ci / 64) * n + image) * ho + oh) * sw * wp) * word_bytes + (ci % 64) / 8;
+  }
+  // which byte of its word `first` is (the words are aligned to their size)
+  int64_t byte_in_word(const uint8_t* first) const {
+    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(first) & static_cast<uintptr_t>(word_bytes - 1));
   }
   // Writes bytes[0 .. count) as the bytes of pixels p .. p + count - 1 (p flat over the rows from `first`, a
   // row's byte): pixel p is in row p / wo, at its column's word of the phase-split row. (Inlined: a call from
   // an epilogue makes the compiler save the dot loop's vector registers around it.)
-  // which byte of its word `first` is (the words are 8-byte aligned)
-  static int64_t byte_in_word(const uint8_t* first) {
-    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(first) % 8);
-  }
   __attribute__((always_inline)) void store(uint8_t* first, int64_t p, const uint8_t* bytes, int64_t count) const {
-    if (whole_words && byte_in_word(first) == 0) {
-      store_as<uint64_t>(reinterpret_cast<uint64_t*>(first), p, bytes, count);
+    if (word_bytes == 8) store_in<uint64_t>(first, p, bytes, count);
+    else store_in<uint32_t>(first, p, bytes, count);
+  }
+  // store into words of type Word
+  template <typename Word>
+  __attribute__((always_inline)) void store_in(uint8_t* first, int64_t p, const uint8_t* bytes, int64_t count) const {
+    if (whole_words && reinterpret_cast<uintptr_t>(first) % sizeof(Word) == 0) {
+      store_as<Word, sizeof(Word)>(reinterpret_cast<Word*>(first), p, bytes, count);
     } else {
-      store_as<uint8_t>(first, p, bytes, count);
+      store_as<uint8_t, sizeof(Word)>(first, p, bytes, count);
     }
   }
-  // store, each byte written as a T (its word, or just the byte) at `first` + 8 bytes per pixel's word
-  template <typename T>
+  // store, each byte written as a T (its word, or just the byte) at `first` + kWordBytes bytes per pixel's word
+  template <typename T, int64_t kWordBytes>
   __attribute__((always_inline)) void store_as(T* first, int64_t p, const uint8_t* bytes, int64_t count) const {
-    constexpr int64_t kStride = 8 / sizeof(T);
+    constexpr int64_t kStride = kWordBytes / sizeof(T);
     if (sw == 1) {  // (wp = wo: the words of the rows follow one another)
       for (int64_t j = 0; j < count; ++j) first[(p + j) * kStride] = bytes[j];
       return;
@@ -133,23 +151,37 @@ struct BlockOut {
   int64_t image_pixels, image_stride, image, local;
 };
 
+// Lane masks of vectors of `lanes` lanes, as arrays of bytes: one byte a mask for up to 8 lanes, two (a
+// uint16_t) for up to 16. (The 64-bit path's dot loop reads its masks as bytes: with two-byte masks, their
+// loads in each tap took an instruction more before the masked loads, and 64@56 and 128@28 ran 2-5% slower.)
+inline int64_t mask_bytes(int64_t lanes) { return lanes > 8 ? 2 : 1; }
+inline void set_mask(uint8_t* masks, int64_t i, unsigned bits, int64_t bytes) {
+  if (bytes == 1) masks[i] = static_cast<uint8_t>(bits);
+  else reinterpret_cast<uint16_t*>(masks)[i] = static_cast<uint16_t>(bits);
+}
+inline unsigned get_mask(const uint8_t* masks, int64_t i, int64_t bytes) {
+  return bytes == 1 ? masks[i] : reinterpret_cast<const uint16_t*>(masks)[i];
+}
+
 // A convolution of stride 1 whose output is as large as its input ("same" padding): its output pixels can
 // run flat over the batch (conv_tasks_flat).
 inline bool runs_flat(const ConvShape& s) { return s.sh == 1 && s.sw == 1 && s.ho == s.h && s.wo == s.w; }
 
-// What conv_tasks_flat needs to know of the pixels, flat over the batch, in vectors of `lanes` (at most 8):
-// per vector and tap, the lanes whose tap falls inside the lane's own image (masks[v * taps + t], bit l for
-// pixel v * lanes + l); per pixel, its valid taps x input channels, as a float (padded with zeros to whole
-// vectors and 16 more).
+// What conv_tasks_flat needs to know of the pixels, flat over the batch, in vectors of `lanes` (at most 16):
+// per vector and tap, the lanes whose tap falls inside the lane's own image (mask v * taps + t of mask_bytes
+// bytes, bit l for pixel v * lanes + l); per pixel, its valid taps x input channels, as a float (padded with
+// zeros to whole vectors and 16 more).
 struct FlatGeometry {
   std::vector<uint8_t> masks;
+  int64_t mask_bytes;
   std::vector<float> n_valid_f;
 };
 
 FlatGeometry compute_flat_geometry(const ConvShape& s, int64_t lanes) {
   const int64_t taps = s.kh * s.kw, image_pixels = s.ho * s.wo, pixels = s.n * image_pixels;
   const int64_t vectors = (pixels + lanes - 1) / lanes;
-  FlatGeometry geo{std::vector<uint8_t>(vectors * taps, 0), std::vector<float>(vectors * lanes + 16, 0.0f)};
+  const int64_t bytes = mask_bytes(lanes);
+  FlatGeometry geo{std::vector<uint8_t>(vectors * taps * bytes, 0), bytes, std::vector<float>(vectors * lanes + 16, 0.0f)};
   for (int64_t q = 0; q < pixels; ++q) {
     const int64_t local = q % image_pixels, oh = local / s.wo, ow = local % s.wo;
     int64_t valid = 0;
@@ -159,7 +191,8 @@ FlatGeometry compute_flat_geometry(const ConvShape& s, int64_t lanes) {
       for (int64_t j = 0; j < s.kw; ++j) {
         const int64_t iw = ow - s.pw + j * s.dw;
         if (iw < 0 || iw >= s.w) continue;
-        geo.masks[(q / lanes) * taps + i * s.kw + j] |= static_cast<uint8_t>(1u << (q % lanes));
+        const int64_t m = (q / lanes) * taps + i * s.kw + j;
+        set_mask(geo.masks.data(), m, get_mask(geo.masks.data(), m, bytes) | 1u << (q % lanes), bytes);
         ++valid;
       }
     }
@@ -369,21 +402,28 @@ __attribute__((always_inline)) inline void finish_pixels_of(__m512 (&f)[kChannel
     const __m128i packed_bytes = _mm512_cvtepi32_epi8(bits);
     const PackOut& pk = *e.pack;
     // 16 pixels whose words follow one another (the next layer's stride is 1): each byte widened to its word,
-    // shifted to its place, and two stores, of whole words as PackOut::store writes a word's first byte, else
-    // masked to the byte (2.6-2.8% faster on 32@112 than 16 byte stores; 0.4-1.7% on 64@56 and 128@28)
+    // shifted to its place, and stored by vectors, of whole words as PackOut::store writes a word's first byte,
+    // else masked to the byte (2.6-2.8% faster on 32@112 than 16 byte stores; 0.4-1.7% on 64@56 and 128@28)
     if (pk.sw == 1 && lanes == 16) {
-      const int64_t byte = PackOut::byte_in_word(bits_row);
-      uint64_t* const words = reinterpret_cast<uint64_t*>(bits_row - byte) + out.ow0 + q * 16;
-      __m512i lo = _mm512_cvtepu8_epi64(packed_bytes), hi = _mm512_cvtepu8_epi64(_mm_srli_si128(packed_bytes, 8));
-      if (pk.whole_words && byte == 0) {
-        _mm512_storeu_si512(words, lo);
-        _mm512_storeu_si512(words + 8, hi);
-      } else {
-        const __mmask64 byte_mask = _cvtu64_mask64(0x0101010101010101ull << byte);
-        lo = _mm512_slli_epi64(lo, static_cast<unsigned>(8 * byte));
-        hi = _mm512_slli_epi64(hi, static_cast<unsigned>(8 * byte));
-        _mm512_mask_storeu_epi8(words, byte_mask, lo);
-        _mm512_mask_storeu_epi8(words + 8, byte_mask, hi);
+      const int64_t byte = pk.byte_in_word(bits_row);
+      const bool whole = pk.whole_words && byte == 0;
+      const unsigned shift = static_cast<unsigned>(8 * byte);
+      if (pk.word_bytes == 4) {  // (one vector of 16 words)
+        uint32_t* const words = reinterpret_cast<uint32_t*>(bits_row - byte) + out.ow0 + q * 16;
+        const __m512i v = _mm512_cvtepu8_epi32(packed_bytes);
+        if (whole) _mm512_storeu_si512(words, v);
+        else _mm512_mask_storeu_epi8(words, _cvtu64_mask64(0x1111111111111111ull << byte), _mm512_slli_epi32(v, shift));
+      } else {  // (two vectors of 8 words)
+        uint64_t* const words = reinterpret_cast<uint64_t*>(bits_row - byte) + out.ow0 + q * 16;
+        __m512i lo = _mm512_cvtepu8_epi64(packed_bytes), hi = _mm512_cvtepu8_epi64(_mm_srli_si128(packed_bytes, 8));
+        if (whole) {
+          _mm512_storeu_si512(words, lo);
+          _mm512_storeu_si512(words + 8, hi);
+        } else {
+          const __mmask64 byte_mask = _cvtu64_mask64(0x0101010101010101ull << byte);
+          _mm512_mask_storeu_epi8(words, byte_mask, _mm512_slli_epi64(lo, shift));
+          _mm512_mask_storeu_epi8(words + 8, byte_mask, _mm512_slli_epi64(hi, shift));
+        }
       }
     } else {
       alignas(16) uint8_t bytes[16];
@@ -467,13 +507,15 @@ __attribute__((noinline)) void finish_half_block(__m512i (&acc)[(P + 1) / 2][kCh
   }
 }
 
-// Groups of at most 32 input channels: the high half of every word is zero, so the low halves of 16 pixels'
-// words make one vector of 32-bit lanes, and each xor / popcount / add covers twice the pixels. The same sums
-// as dot_block, for P vectors of 8 pixels (taken in pairs), with the same arguments; one word per tap (wg = 1).
+// Groups of at most 32 input channels (half_words): their input comes in 32-bit words, so 16 pixels' words make
+// one vector of 32-bit lanes, and each xor / popcount / add covers twice the pixels of dot_block. The same sums
+// as dot_block, for P vectors of 8 pixels (taken in pairs), with the same arguments (`in`: const uint32_t*; the
+// masks: one of 16 lanes per pair); one word per tap (wg = 1), the low half of each weight word.
 template <int P>
-inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
-                           int64_t taps, int64_t, int64_t, int64_t, const uint64_t* wt, const uint8_t* masks,
+inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
+                           int64_t taps, int64_t, int64_t, int64_t, const uint64_t* wt, const void* mask_data,
                            int64_t mask_stride, const int64_t*, const BlockOut& out) {
+  const uint16_t* const masks = static_cast<const uint16_t*>(mask_data);
   constexpr int Q = (P + 1) / 2;
   __m512i acc[Q][kChannels];
 #pragma GCC unroll 4
@@ -481,17 +523,15 @@ inline void dot_block_half(const uint64_t* in, const int64_t* tap_in, const int6
 #pragma GCC unroll 16
     for (int c = 0; c < kChannels; ++c) acc[q][c] = _mm512_setzero_si512();
   for (int64_t t = 0; t < taps; ++t) {
-    const uint8_t* tap_masks = masks + tap_mask[t];
-    const uint64_t* a = in + tap_in[t];
+    const uint16_t* tap_masks = masks + tap_mask[t];
+    const uint32_t* a = static_cast<const uint32_t*>(in) + tap_in[t];
     const uint64_t* w = wt + tap_w[t];
     __mmask16 m[Q];
     __m512i x[Q];
 #pragma GCC unroll 4
-    for (int q = 0; q < Q; ++q) {
-      const __mmask8 lo = tap_masks[2 * q * mask_stride];
-      const __mmask8 hi = 2 * q + 1 < P ? tap_masks[(2 * q + 1) * mask_stride] : 0;
-      m[q] = _mm512_kunpackb(hi, lo);
-      x[q] = low_halves(_mm512_maskz_loadu_epi64(lo, a + q * 16), _mm512_maskz_loadu_epi64(hi, a + q * 16 + 8));
+    for (int q = 0; q < Q; ++q) {  // (an odd P's last 8 lanes: past the row or the batch, their masks 0)
+      m[q] = tap_masks[q * mask_stride];
+      x[q] = _mm512_maskz_loadu_epi32(m[q], a + q * 16);
     }
 #pragma GCC unroll 16
     for (int c = 0; c < kChannels; ++c) {
@@ -565,16 +605,30 @@ void pack_block(const float* x, const float* t, const int8_t* d, int64_t pixels,
 }
 }  // namespace portable
 
+// The row's packed words from `block` (np of them, from column p0) at their phase-split places in dst.
+template <typename Word>
+void copy_words(const uint64_t* block, int64_t np, int64_t p0, int64_t stride_w, int64_t wp, Word* dst) {
+  if (stride_w == 1) {
+    std::copy(block, block + np, dst + p0);  // (to 32-bit words: their high halves are zero)
+  } else {
+    for (int64_t j = 0; j < np; ++j) dst[phase_word(p0 + j, stride_w, wp)] = static_cast<Word>(block[j]);
+  }
+}
+
 }  // namespace
 
-// Compare and pack x (float32 NCHW, contiguous) into words [G, WG, N, H, SW, WP], WP = ceil(W / SW): the
-// words of a row are split by column phase (column w at phase w % SW, index w / SW), so that a convolution
-// of stride SW finds the words of consecutive output pixels at consecutive addresses. Bit = threshold_bit.
-// Writes every word of every column; the phases' words past the row's end are left as they are.
+int64_t packed_word_bytes(int64_t channels_per_group, int64_t isa) {
+  return capped_isa(isa) == Isa::avx512 && half_words(channels_per_group) ? 4 : 8;
+}
+
+// Compare and pack x (float32 NCHW, contiguous) into words [G, WG, N, H, SW, WP] of packed_word_bytes bytes,
+// WP = ceil(W / SW): the words of a row are split by column phase (column w at phase w % SW, index w / SW), so
+// that a convolution of stride SW finds the words of consecutive output pixels at consecutive addresses. Bit =
+// threshold_bit. Writes every word of every column; the phases' words past the row's end are left as they are.
 void pack_into(const float* xp, int64_t n, int64_t c, int64_t h, int64_t w, const float* tp, const int8_t* dp,
-               int64_t groups, int64_t stride_w, Isa isa, uint64_t* out) {
+               int64_t groups, int64_t stride_w, Isa isa, void* out) {
   const int64_t cg = c / groups, wg = (cg + 63) / 64, pixels = h * w, wp = (w + stride_w - 1) / stride_w;
-  const bool simd = isa == Isa::avx512;
+  const bool simd = isa == Isa::avx512, half = packed_word_bytes(cg, static_cast<int64_t>(isa)) == 4;
   constexpr int64_t kBlock = 32;
   // one task = one image, one row, one word of 64 channels; the row in blocks of 32 pixels, so that each of
   // the 64 channel rows is read front to back (the hardware prefetcher follows)
@@ -584,17 +638,14 @@ void pack_into(const float* xp, int64_t n, int64_t c, int64_t h, int64_t w, cons
       const int64_t wd = task % wg, g = (task / wg) % groups, row = task / (wg * groups);
       const int64_t img = row / h, y = row % h;
       const int64_t c_begin = g * cg + wd * 64, nc = std::min<int64_t>(64, cg - wd * 64);
-      uint64_t* dst = out + (((g * wg + wd) * n + img) * h + y) * stride_w * wp;
+      const int64_t row_word = (((g * wg + wd) * n + img) * h + y) * stride_w * wp;
       for (int64_t p0 = 0; p0 < w; p0 += kBlock) {
         const int64_t np = std::min(kBlock, w - p0);
         const float* src = xp + (img * c + c_begin) * pixels + y * w + p0;
         if (simd) avx512::pack_block(src, tp + c_begin, dp + c_begin, pixels, np, nc, block);
         else portable::pack_block(src, tp + c_begin, dp + c_begin, pixels, np, nc, block);
-        if (stride_w == 1) {
-          std::copy(block, block + np, dst + p0);
-        } else {
-          for (int64_t j = 0; j < np; ++j) dst[phase_word(p0 + j, stride_w, wp)] = block[j];
-        }
+        if (half) copy_words(block, np, p0, stride_w, wp, static_cast<uint32_t*>(out) + row_word);
+        else copy_words(block, np, p0, stride_w, wp, static_cast<uint64_t*>(out) + row_word);
       }
     }
   });
@@ -611,12 +662,13 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
   TORCH_CHECK(groups >= 1 && c % groups == 0, "channels must divide into groups");
   TORCH_CHECK(threshold.numel() == c && direction.numel() == c, "one threshold and direction per channel");
   const int64_t wg = (c / groups + 63) / 64, wp = (w + stride_w - 1) / stride_w;
-  auto words = torch::empty({groups, wg, n, h, stride_w, wp}, torch::dtype(torch::kInt64));
+  const auto dtype = packed_word_bytes(c / groups, isa) == 4 ? torch::kInt32 : torch::kInt64;
+  auto words = torch::empty({groups, wg, n, h, stride_w, wp}, torch::dtype(dtype));
   if (stride_w * wp != w) words.zero_();  // the phases' last words past the row's end are never read
   auto t_c = threshold.contiguous();
   auto d_c = direction.contiguous();
   pack_into(x.data_ptr<float>(), n, c, h, w, t_c.data_ptr<float>(), d_c.data_ptr<int8_t>(), groups, stride_w,
-            capped_isa(isa), reinterpret_cast<uint64_t*>(words.data_ptr<int64_t>()));
+            capped_isa(isa), words.data_ptr());
   return words;
 }
 
@@ -626,9 +678,16 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     torch::Tensor step_params, c10::optional<torch::Tensor> residual, bool out_over_residual,
     c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction, int64_t next_groups,
     int64_t next_stride, c10::optional<torch::Tensor> packed_out, int64_t isa) {
-  TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == torch::kInt64, "packed input must be [G,WG,N,H,SW,WP] int64");
   TORCH_CHECK(weight.dim() == 6 && weight.scalar_type() == torch::kInt64, "packed weight must be [G,B,KH,KW,WG,8] int64");
+  TORCH_CHECK(groups >= 1 && cin % groups == 0 && cout % groups == 0, "the groups must divide the channels");
+  const Isa chosen = capped_isa(isa);
+  const int64_t word_bytes = packed_word_bytes(cin / groups, isa);
+  const auto word_type = word_bytes == 4 ? torch::kInt32 : torch::kInt64;
+  TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == word_type, "packed input must be [G,WG,N,H,SW,WP] ",
+              word_type, " words for ", cin / groups, " channels per group on this code path (pack_input with the "
+              "same isa packs it so), not ", packed.dim(), "-d ", packed.scalar_type());
   ConvShape s;
+  s.word_bytes = word_bytes;
   TORCH_CHECK(packed.size(4) == sw, "the input was packed for stride ", packed.size(4), ", not ", sw);
   s.n = packed.size(2); s.h = packed.size(3); s.groups = groups; s.wg = packed.size(1); s.wp = packed.size(5);
   s.w = in_width;
@@ -692,19 +751,21 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     pack.sw = next_stride;
     pack.wp = (s.wo + next_stride - 1) / next_stride;
     pack.wo = s.wo;
+    pack.word_bytes = packed_word_bytes(pack.cin_g, isa);
     pack.whole_words = groups == 1;
+    const auto bits_type = pack.word_bytes == 4 ? torch::kInt32 : torch::kInt64;
     const std::vector<int64_t> bits_sizes{next_groups, pack.wg, s.n, s.ho, next_stride, pack.wp};
     if (packed_out.has_value()) {  // (its words the epilogue does not write are left as they are)
       bits = *packed_out;
-      TORCH_CHECK(bits.sizes() == bits_sizes && bits.scalar_type() == torch::kInt64 && bits.is_contiguous(),
-                  "the packed output must be contiguous int64 ", c10::IntArrayRef(bits_sizes), " for the next layer");
+      TORCH_CHECK(bits.sizes() == bits_sizes && bits.scalar_type() == bits_type && bits.is_contiguous(),
+                  "the packed output must be contiguous ", bits_type, " ", c10::IntArrayRef(bits_sizes),
+                  " for the next layer");
     } else {  // zeros where the epilogue writes nothing: the padding of a group's last word (unless whole_words),
               // the phases' words past the row's end
-      const bool written = (pack.whole_words || pack.cin_g % 64 == 0) && pack.sw * pack.wp == s.wo;
-      bits = written ? torch::empty(bits_sizes, torch::dtype(torch::kInt64))
-                     : torch::zeros(bits_sizes, torch::dtype(torch::kInt64));
+      const bool written = (pack.whole_words || pack.cin_g % (8 * pack.word_bytes) == 0) && pack.sw * pack.wp == s.wo;
+      bits = written ? torch::empty(bits_sizes, torch::dtype(bits_type)) : torch::zeros(bits_sizes, torch::dtype(bits_type));
     }
-    pack.data = reinterpret_cast<uint8_t*>(bits.data_ptr<int64_t>());
+    pack.data = static_cast<uint8_t*>(bits.data_ptr());
     pack.threshold = next_t.data_ptr<float>();
     pack.direction = next_d.data_ptr<int8_t>();
   }
@@ -712,10 +773,9 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
                    next_stride > 0 ? &pack : nullptr};
   auto in_c = packed.contiguous();
   auto w_c = weight.contiguous();
-  const uint64_t* in = reinterpret_cast<const uint64_t*>(in_c.data_ptr<int64_t>());
+  const void* in = in_c.data_ptr();
   const uint64_t* wt = reinterpret_cast<const uint64_t*>(w_c.data_ptr<int64_t>());
   float* outp = out.data_ptr<float>();
-  const Isa chosen = capped_isa(isa);
   const int64_t block = chosen == Isa::avx512 ? avx512::kChannels
                         : chosen == Isa::avx2 ? avx2::kChannels : portable::kChannels;
   // the epilogue packs the next layer's input when a block's channels make whole bytes (8 per block); the
@@ -727,7 +787,7 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
   const int64_t threads = at::get_num_threads(), words = (s.cout_g + 63) / 64;
   const bool by_words = words >= threads;
   if (chosen == Isa::avx512 && runs_flat(s) && avx512::flat_pays(s)) {
-    const auto geo = flat_geometry(s, avx512::kLanes);
+    const auto geo = flat_geometry(s, avx512::flat_mask_lanes(s));
     const int64_t parts = by_words ? threads : std::min(threads, avx512::flat_chunks(s));
     at::parallel_for(0, groups * parts, 1, [&](int64_t begin, int64_t end) {
       avx512::conv_tasks_flat(s, *geo, in, wt, run, outp, parts, by_words, begin, end);
@@ -741,8 +801,7 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     });
   }
   if (pack_after)
-    pack_into(outp, s.n, cout, s.ho, s.wo, pack.threshold, pack.direction, pack.groups, pack.sw, chosen,
-              reinterpret_cast<uint64_t*>(pack.data));
+    pack_into(outp, s.n, cout, s.ho, s.wo, pack.threshold, pack.direction, pack.groups, pack.sw, chosen, pack.data);
   return {out, bits};
 }
 

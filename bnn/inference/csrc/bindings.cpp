@@ -21,6 +21,8 @@ Isa capped_isa(int64_t requested) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", [] { return static_cast<int64_t>(bnn::best_isa()); },
         "best code path on this CPU: 0 portable, 1 AVX2, 2 AVX-512 VPOPCNTDQ");
+  m.def("packed_word_bytes", &bnn::packed_word_bytes,
+        "bytes of a packed input's words for that many channels per group on that code path: 4 (int32) or 8 (int64)");
   m.def("pack_input", &bnn::pack_input, "threshold and pack a float NCHW tensor into [G,WG,N,H,SW,WP] words");
   m.def("binary_conv2d", &bnn::binary_conv2d, "packed binary conv2d with a fused epilogue (and the next binary layer's packed input)");
   m.def("max_pool2d_nchw", &bnn::max_pool2d_nchw, "F.max_pool2d of a float32 NCHW tensor, bit-identical");

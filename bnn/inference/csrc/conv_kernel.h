@@ -34,12 +34,13 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const
 }
 #endif
 
-// Sums of kChannels output channels for P vectors of pixels over `taps` taps of `wg` words. The lanes of vector
-// p that count for tap t: masks[p * mask_stride + tap_mask[t]].
+// Sums of kChannels output channels for P vectors of pixels over `taps` taps of `wg` words (64-bit: `in` is
+// const uint64_t*). The lanes of vector p that count for tap t: masks[p * mask_stride + tap_mask[t]] (bytes).
 template <int P>
-inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
+inline void dot_block(const void* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
                       int64_t taps, int64_t wg, int64_t in_word_stride, int64_t w_word_stride, const uint64_t* wt,
-                      const uint8_t* masks, int64_t mask_stride, const int64_t* n_valid, const BlockOut& out) {
+                      const void* mask_data, int64_t mask_stride, const int64_t* n_valid, const BlockOut& out) {
+  const uint8_t* const masks = static_cast<const uint8_t*>(mask_data);
   Vec acc[P][kChannels];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p)
@@ -49,7 +50,7 @@ inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* 
     Mask m[P];
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p) m[p] = lane_mask(masks[p * mask_stride + tap_mask[t]]);
-    const uint64_t* a = in + tap_in[t];
+    const uint64_t* a = static_cast<const uint64_t*>(in) + tap_in[t];
     const uint64_t* w = wt + tap_w[t];
     for (int64_t k = 0; k < wg; ++k) {
       Vec x[P];
@@ -67,8 +68,8 @@ inline void dot_block(const uint64_t* in, const int64_t* tap_in, const int64_t* 
   finish_block<P>(acc, n_valid, out);
 }
 
-using DotBlockFn = void (*)(const uint64_t*, const int64_t*, const int64_t*, const int*, int64_t, int64_t, int64_t,
-                            int64_t, const uint64_t*, const uint8_t*, int64_t, const int64_t*, const BlockOut&);
+using DotBlockFn = void (*)(const void*, const int64_t*, const int64_t*, const int*, int64_t, int64_t, int64_t,
+                            int64_t, const uint64_t*, const void*, int64_t, const int64_t*, const BlockOut&);
 
 // dot_block for P vectors (P <= kPixelVectors), at index P
 static_assert(kPixelVectors <= 4, "extend the table below");
@@ -156,24 +157,32 @@ inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_
 
 // The register blocks of a run of pixel vectors: dot_block's, or for groups of at most 32 input channels the
 // half-word path's, whose vectors of 16 lanes are units of two pixel vectors; at most max_units units a block.
+// The masks of the taps' lanes come per unit (mask_lanes() lanes each, mask_bytes() bytes).
+struct Block {
+  int vectors;                // P, the dot function's
+  int64_t first_vector;       // its first pixel vector in the run
+  int64_t first_unit, units;  // its first unit in the run, and its units (the last one possibly half empty)
+};
 struct BlockPlan {
   const DotBlockFn* fns;
   int64_t unit, max_units;
-  // `vectors` vectors in blocks as even as possible (7 = 3 + 2 + 2): the vectors of each block
-  std::vector<int> split(int64_t vectors) const {
+  int64_t mask_lanes() const { return unit * kLanes; }
+  int64_t mask_size() const { return mask_bytes(mask_lanes()); }
+  // `vectors` vectors in blocks as even as possible (7 = 3 + 2 + 2)
+  std::vector<Block> split(int64_t vectors) const {
     const int64_t units = (vectors + unit - 1) / unit, nblocks = (units + max_units - 1) / max_units;
-    std::vector<int> block_vectors(nblocks);
-    for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
-      block_vectors[blk] = static_cast<int>(std::min(unit * (units / nblocks + (blk < units % nblocks ? 1 : 0)),
-                                                     vectors - v));
-      v += block_vectors[blk];
+    std::vector<Block> blocks(nblocks);
+    for (int64_t blk = 0, u = 0; blk < nblocks; ++blk) {
+      const int64_t block_units = units / nblocks + (blk < units % nblocks ? 1 : 0);
+      blocks[blk] = {static_cast<int>(std::min(unit * block_units, vectors - u * unit)), u * unit, u, block_units};
+      u += block_units;
     }
-    return block_vectors;
+    return blocks;
   }
 };
 inline BlockPlan block_plan(const ConvShape& s) {
 #ifdef BNN_HALF_WORDS
-  if (s.cin_g <= 32) return {kDotBlockHalf, 2, kHalfPixelVectors / 2};
+  if (half_words(s.cin_g)) return {kDotBlockHalf, 2, kHalfPixelVectors / 2};
 #endif
   (void)s;
   return {kDotBlock, 1, kPixelVectors};
@@ -199,28 +208,32 @@ struct Share {
 };
 
 // Parts [part_begin, part_end) of the convolution in rows (Share).
-inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* wt, const Epilogue& e, float* out,
+inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, const Epilogue& e, float* out,
                        int64_t parts, bool by_words, int64_t part_begin, int64_t part_end) {
   const int64_t blocks = (s.cob + kChannels - 1) / kChannels;
   const int64_t vectors = (s.wo + kLanes - 1) / kLanes, wo_pad = vectors * kLanes;
   const int64_t ktaps = s.kh * s.kw;
-  // per pixel vector and kernel column: the lanes whose input column is inside the input
-  std::vector<uint8_t> masks(vectors * s.kw);
-  std::vector<int64_t> col_offset(s.kw), valid_cols(wo_pad, 0);
+  const BlockPlan plan = block_plan(s);
+  // per unit of pixel vectors (plan.mask_lanes() lanes) and kernel column: the lanes whose input column is
+  // inside the input
+  const int64_t mask_lanes = plan.mask_lanes(), mask_units = (s.wo + mask_lanes - 1) / mask_lanes;
+  const int64_t mask_size = plan.mask_size();
+  std::vector<uint8_t> masks(mask_units * s.kw * mask_size);
+  std::vector<int64_t> col_offset(s.kw), valid_cols(std::max(wo_pad, mask_units * mask_lanes), 0);
   for (int64_t j = 0; j < s.kw; ++j) {
     const int64_t off = j * s.dw - s.pw;
     const int64_t phase = ((off % s.sw) + s.sw) % s.sw;
     col_offset[j] = phase * s.wp + (off - phase) / s.sw;  // word of output pixel 0 in the phase-split row
-    for (int64_t v = 0; v < vectors; ++v) {
-      uint8_t m = 0;
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const int64_t ow = v * kLanes + l, iw = ow * s.sw + off;
+    for (int64_t u = 0; u < mask_units; ++u) {
+      unsigned m = 0;
+      for (int64_t l = 0; l < mask_lanes; ++l) {
+        const int64_t ow = u * mask_lanes + l, iw = ow * s.sw + off;
         if (ow < s.wo && iw >= 0 && iw < s.w) {
-          m |= static_cast<uint8_t>(1u << l);
+          m |= 1u << l;
           ++valid_cols[ow];
         }
       }
-      masks[v * s.kw + j] = m;
+      set_mask(masks.data(), u * s.kw + j, m, mask_size);
     }
   }
   // valid taps x channels of each output pixel, for each count of valid kernel rows (fixed per row)
@@ -243,10 +256,8 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
 #endif
   const int64_t row_words = s.sw * s.wp;         // one row of a plane (one image's, one group's, one word's)
   const int64_t word_stride = s.n * s.h * row_words;  // from the plane of one word of 64 channels to the next
-  const BlockPlan plan = block_plan(s);
-  const std::vector<int> block_vectors = plan.split(vectors);
-  const int64_t nblocks = static_cast<int64_t>(block_vectors.size());
-  const int64_t pack_row_bytes = e.pack ? e.pack->sw * e.pack->wp * 8 : 0;
+  const std::vector<Block> row_blocks = plan.split(vectors);
+  const int64_t pack_row_bytes = e.pack ? e.pack->sw * e.pack->wp * e.pack->word_bytes : 0;
   for (int64_t part = part_begin; part < part_end; ++part) {
     const Share share(part, parts, by_words, blocks, s.n * s.ho);
     const int64_t g = share.g;
@@ -278,15 +289,14 @@ inline void conv_tasks(const ConvShape& s, const uint64_t* in, const uint64_t* w
         const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
         uint8_t* const bits_row = e.pack ? pack_base + unit * pack_row_bytes : nullptr;
         const uint64_t* const wt_block = wt + s.weight_offset(g, c0);
-        for (int64_t blk = 0, v = 0; blk < nblocks; ++blk) {
-          const int p = block_vectors[blk];
-          const int64_t ow0 = v * kLanes;
+        for (const Block& blk : row_blocks) {
+          const int64_t ow0 = blk.first_vector * kLanes;
           const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
                                e.residual ? e.residual + offset + ow0 : nullptr,
                                tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row, 0, 0, 0, 0};
-          plan.fns[p](in + ow0, tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg, word_stride, 8, wt_block,
-                      masks.data() + v * s.kw, s.kw, row_valid + ow0, block);
-          v += p;
+          plan.fns[blk.vectors](s.input_word(in, ow0), tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg,
+                                word_stride, 8, wt_block, masks.data() + blk.first_unit * s.kw * mask_size, s.kw, row_valid + ow0,
+                                block);
         }
 #ifndef BNN_DIRECT_EPILOGUE
         finish_tile(e, tile.data(), ftile.data(), wo_pad, s.wo, channels, co0, out + offset,
@@ -306,6 +316,9 @@ inline bool flat_pays(const ConvShape& s) {
   return (plan.unit == 1 && s.kh * s.kw == 1) || s.wo % (plan.unit * kLanes) != 0;
 }
 
+// The lanes of each mask of conv_tasks_flat's geometry (flat_geometry): those of a unit of the block plan
+inline int64_t flat_mask_lanes(const ConvShape& s) { return block_plan(s).mask_lanes(); }
+
 // conv_tasks_flat's chunks of pixel vectors: two register blocks each; and how many chunks the batch makes
 inline int64_t flat_chunk_vectors(const ConvShape& s) {
   const BlockPlan plan = block_plan(s);
@@ -321,23 +334,48 @@ inline int64_t flat_chunks(const ConvShape& s) {
 // vectors run on across rows and images, so a row of 28, 14 or 7 pixels leaves no lane empty at its end; the
 // lanes whose tap falls outside their own image are masked per vector and tap (FlatGeometry). Parts
 // [part_begin, part_end) (Share), whose units are chunks of pixels (two register blocks each).
-inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const uint64_t* in, const uint64_t* wt,
+inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const void* in, const uint64_t* wt,
                             const Epilogue& e, float* out, int64_t parts, bool by_words, int64_t part_begin,
                             int64_t part_end) {
   const int64_t blocks = (s.cob + kChannels - 1) / kChannels, ktaps = s.kh * s.kw;
   const int64_t image_pixels = s.ho * s.wo, pixels = s.n * image_pixels, vectors = (pixels + kLanes - 1) / kLanes;
   const BlockPlan plan = block_plan(s);
   const int64_t chunk_vectors = flat_chunk_vectors(s), chunk_pixels = chunk_vectors * kLanes, chunks = flat_chunks(s);
-  const std::vector<int> full = plan.split(chunk_vectors), last = plan.split(vectors - (chunks - 1) * chunk_vectors);
+  const std::vector<Block> full = plan.split(chunk_vectors), last = plan.split(vectors - (chunks - 1) * chunk_vectors);
+  const int64_t chunk_units = chunk_pixels / plan.mask_lanes();  // (whole units: chunk_vectors is a multiple of unit)
   const int64_t plane = s.n * s.h * s.w;  // words of one word of 64 channels (sw = 1: wp = w)
-  std::vector<int64_t> all_in(ktaps), tap_in(ktaps), tap_w(ktaps);
-  std::vector<int> tap_mask(ktaps);
+  const int64_t max_blocks = static_cast<int64_t>(std::max(full.size(), last.size()));
+  std::vector<int64_t> all_in(ktaps);
   for (int64_t i = 0; i < s.kh; ++i)
     for (int64_t j = 0; j < s.kw; ++j) all_in[i * s.kw + j] = (i * s.dh - s.ph) * s.w + j * s.dw - s.pw;
   for (int64_t part = part_begin; part < part_end; ++part) {
     const Share share(part, parts, by_words, blocks, chunks);
     const int64_t g = share.g, chunk_begin = share.unit_begin, chunk_end = share.unit_end;
-    const uint64_t* const in_g = in + g * s.wg * plane;
+    const void* const in_g = s.input_word(in, g * s.wg * plane);
+    // the taps of each register block of the share's chunks (the same for every block of channels): those inside
+    // the input for some lane of the block (in the first and last rows of an image, a row of taps falls outside
+    // for every lane), as dot_block takes them
+    const int64_t share_blocks = (chunk_end - chunk_begin) * max_blocks;
+    std::vector<int64_t> tap_in(share_blocks * ktaps), tap_w(share_blocks * ktaps), block_taps(share_blocks, 0);
+    std::vector<int> tap_mask(share_blocks * ktaps);
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      const std::vector<Block>& chunk_blocks = chunk + 1 < chunks ? full : last;
+      for (size_t i = 0; i < chunk_blocks.size(); ++i) {
+        const Block& blk = chunk_blocks[i];
+        const int64_t at = (chunk - chunk_begin) * max_blocks + static_cast<int64_t>(i), first = at * ktaps;
+        const uint8_t* const masks = geo.masks.data() + (chunk * chunk_units + blk.first_unit) * ktaps * geo.mask_bytes;
+        int64_t taps = 0;
+        for (int64_t t = 0; t < ktaps; ++t) {
+          unsigned lanes = 0;
+          for (int64_t k = 0; k < blk.units; ++k) lanes |= get_mask(masks, k * ktaps + t, geo.mask_bytes);
+          if (lanes == 0) continue;
+          tap_in[first + taps] = all_in[t];
+          tap_w[first + taps] = t * s.wg * 8;
+          tap_mask[first + taps++] = static_cast<int>(t);
+        }
+        block_taps[at] = taps;
+      }
+    }
     for (int64_t b = share.block_begin; b < share.block_end; ++b) {
       const int64_t c0 = b * kChannels;
       const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
@@ -349,11 +387,12 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const u
       int64_t image = chunk_begin * chunk_pixels / image_pixels, local = chunk_begin * chunk_pixels % image_pixels;
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
         const int64_t q_begin = chunk * chunk_pixels;
-        const std::vector<int>& block_vectors = chunk + 1 < chunks ? full : last;
-        for (size_t blk = 0, v = 0; blk < block_vectors.size(); ++blk) {
-          const int p = block_vectors[blk];
-          const int64_t q0 = q_begin + static_cast<int64_t>(v) * kLanes;
-          int64_t block_image = image, block_local = local + static_cast<int64_t>(v) * kLanes;
+        const std::vector<Block>& chunk_blocks = chunk + 1 < chunks ? full : last;
+        for (size_t i = 0; i < chunk_blocks.size(); ++i) {
+          const Block& blk = chunk_blocks[i];
+          const int64_t at = (chunk - chunk_begin) * max_blocks + static_cast<int64_t>(i), first = at * ktaps;
+          const int64_t q0 = q_begin + blk.first_vector * kLanes;
+          int64_t block_image = image, block_local = local + blk.first_vector * kLanes;
           while (block_local >= image_pixels) {
             block_local -= image_pixels;
             ++block_image;
@@ -361,21 +400,10 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const u
           const BlockOut block{&e, co0, channels, image_pixels, pixels - q0, q0, geo.n_valid_f.data() + q0,
                                out + co0 * image_pixels, e.residual ? e.residual + co0 * image_pixels : nullptr,
                                nullptr, 0, bits, image_pixels, s.cout * image_pixels, block_image, block_local};
-          // the taps inside the input for some lane of the block (in the first and last rows of an image, a row
-          // of taps falls outside for every lane)
-          const uint8_t* const masks = geo.masks.data() + (q0 / kLanes) * ktaps;
-          int64_t taps = 0;
-          for (int64_t t = 0; t < ktaps; ++t) {
-            unsigned lanes = 0;
-            for (int k = 0; k < p; ++k) lanes |= masks[k * ktaps + t];
-            if (lanes == 0) continue;
-            tap_in[taps] = all_in[t];
-            tap_w[taps] = t * s.wg * 8;
-            tap_mask[taps++] = static_cast<int>(t);
-          }
-          plan.fns[p](in_g + q0, tap_in.data(), tap_w.data(), tap_mask.data(), taps, s.wg, plane, 8, wt_block,
-                      masks, ktaps, nullptr, block);
-          v += p;
+          const uint8_t* const masks = geo.masks.data() + (chunk * chunk_units + blk.first_unit) * ktaps * geo.mask_bytes;
+          plan.fns[blk.vectors](s.input_word(in_g, q0), tap_in.data() + first, tap_w.data() + first,
+                                tap_mask.data() + first, block_taps[at], s.wg, plane, 8, wt_block, masks, ktaps, nullptr,
+                                block);
         }
         local += chunk_pixels;  // the next chunk's first pixel
         while (local >= image_pixels) {
