@@ -309,11 +309,15 @@ inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, c
 
 #ifdef BNN_DIRECT_EPILOGUE
 // Whether conv_tasks_flat pays: rows that leave lanes of their last vector (of 16 lanes on the half-word path)
-// empty, and 1x1 kernels on the 64-bit path. (3x3 rows that fill their vectors ran 0.4-1.1% slower flat, 1x1
-// rows of 56 pixels 3.6-5.7% faster; the half-word path's 1x1 at 112, 1.4% faster at batch 1, 4.7% slower at 8.)
+// empty; on the 64-bit path, also rows that leave a block of less than kPixelVectors vectors at their end (56
+// pixels: 2 + 2 + 2 + 1 vectors) and 1x1 kernels. (Flat, 3x3 64@56 and 128@56 ran 3.3% faster at batch 1 and
+// 1.8-2.5% at batch 8, 4.7-6.5% with a four-step epilogue, 1.7-4.1% on two threads; rows of 112, whose blocks are
+// whole, 6% slower; 1x1 rows of 56 pixels 3.6-5.7% faster; the half-word path's 1x1 at 112, 1.4% faster at
+// batch 1, 4.7% slower at 8.)
 inline bool flat_pays(const ConvShape& s) {
   const BlockPlan plan = block_plan(s);
-  return (plan.unit == 1 && s.kh * s.kw == 1) || s.wo % (plan.unit * kLanes) != 0;
+  const bool partial_blocks = s.wo % (kLanes * plan.max_units) != 0;
+  return (plan.unit == 1 && (s.kh * s.kw == 1 || partial_blocks)) || s.wo % (plan.unit * kLanes) != 0;
 }
 
 // The lanes of each mask of conv_tasks_flat's geometry (flat_geometry): those of a unit of the block plan
