@@ -181,7 +181,8 @@ FlatGeometry compute_flat_geometry(const ConvShape& s, int64_t lanes) {
   const int64_t taps = s.kh * s.kw, image_pixels = s.ho * s.wo, pixels = s.n * image_pixels;
   const int64_t vectors = (pixels + lanes - 1) / lanes;
   const int64_t bytes = mask_bytes(lanes);
-  FlatGeometry geo{std::vector<uint8_t>(vectors * taps * bytes, 0), bytes, std::vector<float>(vectors * lanes + 16, 0.0f)};
+  FlatGeometry geo{std::vector<uint8_t>(vectors * taps * bytes, 0), bytes,
+                   std::vector<float>(vectors * lanes + 16, 0.0f)};
   for (int64_t q = 0; q < pixels; ++q) {
     const int64_t local = q % image_pixels, oh = local / s.wo, ow = local % s.wo;
     int64_t valid = 0;
@@ -763,7 +764,8 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     } else {  // zeros where the epilogue writes nothing: the padding of a group's last word (unless whole_words),
               // the phases' words past the row's end
       const bool written = (pack.whole_words || pack.cin_g % (8 * pack.word_bytes) == 0) && pack.sw * pack.wp == s.wo;
-      bits = written ? torch::empty(bits_sizes, torch::dtype(bits_type)) : torch::zeros(bits_sizes, torch::dtype(bits_type));
+      bits = written ? torch::empty(bits_sizes, torch::dtype(bits_type))
+                     : torch::zeros(bits_sizes, torch::dtype(bits_type));
     }
     pack.data = static_cast<uint8_t*>(bits.data_ptr());
     pack.threshold = next_t.data_ptr<float>();

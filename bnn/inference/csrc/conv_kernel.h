@@ -157,7 +157,7 @@ inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_
 
 // The register blocks of a run of pixel vectors: dot_block's, or for groups of at most 32 input channels the
 // half-word path's, whose vectors of 16 lanes are units of two pixel vectors; at most max_units units a block.
-// The masks of the taps' lanes come per unit (mask_lanes() lanes each, mask_bytes() bytes).
+// The masks of the taps' lanes come per unit (mask_lanes() lanes each, mask_size() bytes).
 struct Block {
   int vectors;                // P, the dot function's
   int64_t first_vector;       // its first pixel vector in the run
@@ -295,8 +295,8 @@ inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, c
                                e.residual ? e.residual + offset + ow0 : nullptr,
                                tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row, 0, 0, 0, 0};
           plan.fns[blk.vectors](s.input_word(in, ow0), tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg,
-                                word_stride, 8, wt_block, masks.data() + blk.first_unit * s.kw * mask_size, s.kw, row_valid + ow0,
-                                block);
+                                word_stride, 8, wt_block, masks.data() + blk.first_unit * s.kw * mask_size, s.kw,
+                                row_valid + ow0, block);
         }
 #ifndef BNN_DIRECT_EPILOGUE
         finish_tile(e, tile.data(), ftile.data(), wo_pad, s.wo, channels, co0, out + offset,
@@ -367,7 +367,8 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const v
       for (size_t i = 0; i < chunk_blocks.size(); ++i) {
         const Block& blk = chunk_blocks[i];
         const int64_t at = (chunk - chunk_begin) * max_blocks + static_cast<int64_t>(i), first = at * ktaps;
-        const uint8_t* const masks = geo.masks.data() + (chunk * chunk_units + blk.first_unit) * ktaps * geo.mask_bytes;
+        const uint8_t* const masks =
+            geo.masks.data() + (chunk * chunk_units + blk.first_unit) * ktaps * geo.mask_bytes;
         int64_t taps = 0;
         for (int64_t t = 0; t < ktaps; ++t) {
           unsigned lanes = 0;
@@ -404,10 +405,11 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const v
           const BlockOut block{&e, co0, channels, image_pixels, pixels - q0, q0, geo.n_valid_f.data() + q0,
                                out + co0 * image_pixels, e.residual ? e.residual + co0 * image_pixels : nullptr,
                                nullptr, 0, bits, image_pixels, s.cout * image_pixels, block_image, block_local};
-          const uint8_t* const masks = geo.masks.data() + (chunk * chunk_units + blk.first_unit) * ktaps * geo.mask_bytes;
+          const uint8_t* const masks =
+              geo.masks.data() + (chunk * chunk_units + blk.first_unit) * ktaps * geo.mask_bytes;
           plan.fns[blk.vectors](s.input_word(in_g, q0), tap_in.data() + first, tap_w.data() + first,
-                                tap_mask.data() + first, block_taps[at], s.wg, plane, 8, wt_block, masks, ktaps, nullptr,
-                                block);
+                                tap_mask.data() + first, block_taps[at], s.wg, plane, 8, wt_block, masks, ktaps,
+                                nullptr, block);
         }
         local += chunk_pixels;  // the next chunk's first pixel
         while (local >= image_pixels) {
