@@ -229,8 +229,9 @@ def test_flat_pixels_across_rows_and_images(cin, groups, height, width, k, dilat
 
 # two threads split a layer by words of 64 output channels when there are at least two, else by rows (or flat
 # pixels); either way, the same output and bits as the reference, and no two threads write the same words
+# (AVX-512, 40 input channels: rows of 14 and 24 pixels run flat, 24 for its vectors' odd count; 16 in rows)
 @pytest.mark.parametrize("cout", [24, 64, 192])
-@pytest.mark.parametrize("width, stride", [(14, 1), (16, 1), (15, 2)])
+@pytest.mark.parametrize("width, stride", [(14, 1), (16, 1), (24, 1), (15, 2)])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_threads_split_by_words_or_rows(cout, width, stride, batch, monkeypatch):
     first = packed_conv(40, cout, 3, stride, 1, 1, 1, seed=cout + width)
