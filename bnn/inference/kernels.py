@@ -21,9 +21,10 @@ import torch
 
 from .packing import unpack_bits
 
-__all__ = ["extension", "kernel_isa", "active", "conv_weight_layout", "ISA_NAMES"]
+__all__ = ["extension", "kernel_isa", "active", "conv_weight_layout", "ISA_NAMES", "ISA_CODES"]
 
 ISA_NAMES = {0: "portable", 1: "avx2", 2: "avx512"}
+ISA_CODES = {name: code for code, name in ISA_NAMES.items()}
 _CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 _CFLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 _lock = threading.Lock()
@@ -145,7 +146,7 @@ def kernel_isa() -> Optional[int]:
     if ext is None:
         return None  # not memoized: BNN_KERNELS=reference, or the build failed (extension() remembers that)
     best = int(ext.cpu_isa())
-    cap = {v: k for k, v in ISA_NAMES.items()}.get(setting)
+    cap = ISA_CODES.get(setting)
     _isa_by_setting[setting] = isa = best if cap is None else min(best, cap)
     return isa
 

@@ -39,7 +39,6 @@ CONFIGS = {
 SIGN_XNOR = bnn.BConfig(activation_pre_process=BasicInputBinarizer, weight_pre_process=XNORWeightBinarizer)
 
 PATHS = ("reference", "portable", "avx2", "avx512")
-ISA = {name: isa for isa, name in kernels.ISA_NAMES.items()}
 
 ACT_STEPS = {
     "rprelu": ["add", "prelu", "add"],
@@ -55,6 +54,12 @@ SHAPES = [(8, 7, 6, 2), (70, 5, 5, 1), (33, 12, 9, 3), (64, 8, 11, 2), (13, 6, 1
 
 # ----------------------------------------------------------------------------------------------- helpers
 
+def runs_here(path):
+    """Whether this machine runs ``path``: the reference always, a kernel path when built and the CPU has it."""
+    ext = kernels.extension() if path != "reference" else None
+    return path == "reference" or (ext is not None and kernels.ISA_CODES[path] <= int(ext.cpu_isa()))
+
+
 def use_path(path, monkeypatch):
     """Run the packed layers on ``path`` (BNN_KERNELS), or skip when this machine cannot."""
     monkeypatch.delenv("BNN_KERNELS", raising=False)
@@ -62,11 +67,11 @@ def use_path(path, monkeypatch):
         ext = kernels.extension()
         if ext is None:
             pytest.skip("no compiled kernels (no C++ compiler): the reference runs alone")
-        if ISA[path] > int(ext.cpu_isa()):
+        if kernels.ISA_CODES[path] > int(ext.cpu_isa()):
             pytest.skip(f"this CPU does not run the {path} code path")
     monkeypatch.setenv("BNN_KERNELS", path)
     # the switch is read at each call: make sure it selects what the test claims to run
-    assert kernels.kernel_isa() == (None if path == "reference" else ISA[path])
+    assert kernels.kernel_isa() == (None if path == "reference" else kernels.ISA_CODES[path])
 
 
 def assert_same(out, ref):
@@ -329,7 +334,7 @@ def test_written_over_residual_survives_the_file(tmp_path, monkeypatch):
     loaded = load_inference(tmp_path / "two.bnn")
     assert packed(loaded, "conv2").overwrites_residual and not packed(loaded, "conv1").overwrites_residual
     for path in PATHS:
-        if path != "reference" and (kernels.extension() is None or ISA[path] > int(kernels.extension().cpu_isa())):
+        if not runs_here(path):
             continue
         monkeypatch.setenv("BNN_KERNELS", path)
         check_outputs(loaded, model, x, with_zeros(x))
@@ -569,7 +574,7 @@ def test_fused_model_round_trip(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(1)
     inputs = (x, with_zeros(x), torch.randn(3, *x.shape[1:], generator=g) * 5)
     for p in PATHS:
-        if p != "reference" and (kernels.extension() is None or ISA[p] > int(kernels.extension().cpu_isa())):
+        if not runs_here(p):
             continue
         monkeypatch.setenv("BNN_KERNELS", p)
         check_outputs(loaded, model, *inputs)

@@ -68,7 +68,7 @@ def same_bits(bits, layer, x, path):
     """Whether ``bits``, packed by ``path``, are ``layer``'s packed input for ``x`` (reference_bits), in words of
     that path's width for the layer: int32 where the AVX-512 half-word path runs it (compared as the low halves
     of int64 words), else int64."""
-    isa = {name: isa for isa, name in kernels.ISA_NAMES.items()}[path]
+    isa = kernels.ISA_CODES[path]
     word_bytes = kernels.extension().packed_word_bytes(layer.in_channels // layer.groups, isa)
     assert bits.dtype == (torch.int32 if word_bytes == 4 else torch.int64), (path, bits.dtype)
     words = bits.to(torch.int64) & 0xFFFFFFFF if word_bytes == 4 else bits
@@ -166,7 +166,7 @@ def test_packed_word_width(cin, groups):
     x = torch.randn(1, cin, 4, 9, generator=torch.Generator().manual_seed(groups))
     weight, codes, params = layer._kernel_args()
     for path in PATHS:
-        isa = {name: isa for isa, name in kernels.ISA_NAMES.items()}[path]
+        isa = kernels.ISA_CODES[path]
         narrow = path == "avx512" and cin // groups <= 32
         assert ext.packed_word_bytes(cin // groups, isa) == (4 if narrow else 8)
         packed = ext.pack_input(x, layer.threshold, layer.direction, groups, 1, isa)

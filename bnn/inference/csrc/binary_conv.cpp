@@ -622,6 +622,9 @@ int64_t packed_word_bytes(int64_t channels_per_group, int64_t isa) {
   return capped_isa(isa) == Isa::avx512 && half_words(channels_per_group) ? 4 : 8;
 }
 
+// The tensor type of packed words of `word_bytes` bytes
+static torch::ScalarType word_type(int64_t word_bytes) { return word_bytes == 4 ? torch::kInt32 : torch::kInt64; }
+
 // Compare and pack x (float32 NCHW, contiguous) into words [G, WG, N, H, SW, WP] of packed_word_bytes bytes,
 // WP = ceil(W / SW): the words of a row are split by column phase (column w at phase w % SW, index w / SW), so
 // that a convolution of stride SW finds the words of consecutive output pixels at consecutive addresses. Bit =
@@ -663,8 +666,8 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
   TORCH_CHECK(groups >= 1 && c % groups == 0, "channels must divide into groups");
   TORCH_CHECK(threshold.numel() == c && direction.numel() == c, "one threshold and direction per channel");
   const int64_t wg = (c / groups + 63) / 64, wp = (w + stride_w - 1) / stride_w;
-  const auto dtype = packed_word_bytes(c / groups, isa) == 4 ? torch::kInt32 : torch::kInt64;
-  auto words = torch::empty({groups, wg, n, h, stride_w, wp}, torch::dtype(dtype));
+  const auto words_type = word_type(packed_word_bytes(c / groups, isa));
+  auto words = torch::empty({groups, wg, n, h, stride_w, wp}, torch::dtype(words_type));
   if (stride_w * wp != w) words.zero_();  // the phases' last words past the row's end are never read
   auto t_c = threshold.contiguous();
   auto d_c = direction.contiguous();
@@ -683,9 +686,9 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
   TORCH_CHECK(groups >= 1 && cin % groups == 0 && cout % groups == 0, "the groups must divide the channels");
   const Isa chosen = capped_isa(isa);
   const int64_t word_bytes = packed_word_bytes(cin / groups, isa);
-  const auto word_type = word_bytes == 4 ? torch::kInt32 : torch::kInt64;
-  TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == word_type, "packed input must be [G,WG,N,H,SW,WP] ",
-              word_type, " words for ", cin / groups, " channels per group on this code path (pack_input with the "
+  const auto in_type = word_type(word_bytes);
+  TORCH_CHECK(packed.dim() == 6 && packed.scalar_type() == in_type, "packed input must be [G,WG,N,H,SW,WP] ",
+              in_type, " words for ", cin / groups, " channels per group on this code path (pack_input with the "
               "same isa packs it so), not ", packed.dim(), "-d ", packed.scalar_type());
   ConvShape s;
   s.word_bytes = word_bytes;
@@ -754,7 +757,7 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     pack.wo = s.wo;
     pack.word_bytes = packed_word_bytes(pack.cin_g, isa);
     pack.whole_words = groups == 1;
-    const auto bits_type = pack.word_bytes == 4 ? torch::kInt32 : torch::kInt64;
+    const auto bits_type = word_type(pack.word_bytes);
     const std::vector<int64_t> bits_sizes{next_groups, pack.wg, s.n, s.ho, next_stride, pack.wp};
     if (packed_out.has_value()) {  // (its words the epilogue does not write are left as they are)
       bits = *packed_out;
