@@ -155,37 +155,17 @@ inline void finish_tile(const Epilogue& e, const int32_t* tile, float* f, int64_
 }
 #endif
 
-// The register blocks of a run of pixel vectors: dot_block's, or for groups of at most 32 input channels the
-// half-word path's, whose vectors of 16 lanes are units of two pixel vectors; at most max_units units a block.
-// The masks of the taps' lanes come per unit (mask_lanes() lanes each, mask_size() bytes).
-struct Block {
-  int vectors;                // P, the dot function's
-  int64_t first_vector;       // its first pixel vector in the run
-  int64_t first_unit, units;  // its first unit in the run, and its units (the last one possibly half empty)
-};
-struct BlockPlan {
-  const DotBlockFn* fns;
-  int64_t unit, max_units;
-  int64_t mask_lanes() const { return unit * kLanes; }
-  int64_t mask_size() const { return mask_bytes(mask_lanes()); }
-  // `vectors` vectors in blocks as even as possible (7 = 3 + 2 + 2)
-  std::vector<Block> split(int64_t vectors) const {
-    const int64_t units = (vectors + unit - 1) / unit, nblocks = (units + max_units - 1) / max_units;
-    std::vector<Block> blocks(nblocks);
-    for (int64_t blk = 0, u = 0; blk < nblocks; ++blk) {
-      const int64_t block_units = units / nblocks + (blk < units % nblocks ? 1 : 0);
-      blocks[blk] = {static_cast<int>(std::min(unit * block_units, vectors - u * unit)), u * unit, u, block_units};
-      u += block_units;
-    }
-    return blocks;
-  }
+// The register blocks of a run of pixel vectors (Blocking): dot_block's, or for groups of at most 32 input
+// channels the half-word path's, whose vectors of 16 lanes are units of two pixel vectors.
+struct BlockPlan : Blocking {
+  const DotBlockFn* fns;  // the dot function of a block of P vectors: fns[P]
 };
 inline BlockPlan block_plan(const ConvShape& s) {
 #ifdef BNN_HALF_WORDS
-  if (half_words(s.cin_g)) return {kDotBlockHalf, 2, kHalfPixelVectors / 2};
+  if (half_words(s.cin_g)) return {{kLanes, 2, kHalfPixelVectors / 2}, kDotBlockHalf};
 #endif
   (void)s;
-  return {kDotBlock, 1, kPixelVectors};
+  return {{kLanes, 1, kPixelVectors}, kDotBlock};
 }
 
 // A thread's share of a convolution: part = g * parts + r of group g's work, split `parts` ways, by words of 64
@@ -320,19 +300,6 @@ inline bool flat_pays(const ConvShape& s) {
   return (plan.unit == 1 && (s.kh * s.kw == 1 || partial_blocks)) || s.wo % (plan.unit * kLanes) != 0;
 }
 
-// The lanes of each mask of conv_tasks_flat's geometry (flat_geometry): those of a unit of the block plan
-inline int64_t flat_mask_lanes(const ConvShape& s) { return block_plan(s).mask_lanes(); }
-
-// conv_tasks_flat's chunks of pixel vectors: two register blocks each; and how many chunks the batch makes
-inline int64_t flat_chunk_vectors(const ConvShape& s) {
-  const BlockPlan plan = block_plan(s);
-  return 2 * plan.unit * plan.max_units;
-}
-inline int64_t flat_chunks(const ConvShape& s) {
-  const int64_t chunk_pixels = flat_chunk_vectors(s) * kLanes;
-  return (s.n * s.ho * s.wo + chunk_pixels - 1) / chunk_pixels;
-}
-
 // Stride 1, output as large as the input (flat_geometry): the output pixels flat over the batch, q = (n * Ho +
 // oh) * Wo + ow, whose words of tap (i, j) are those of input pixel q + (i * dh - ph) * W + j * dw - pw. The
 // vectors run on across rows and images, so a row of 28, 14 or 7 pixels leaves no lane empty at its end; the
@@ -342,45 +309,15 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const v
                             const Epilogue& e, float* out, int64_t parts, bool by_words, int64_t part_begin,
                             int64_t part_end) {
   const int64_t blocks = (s.cob + kChannels - 1) / kChannels, ktaps = s.kh * s.kw;
-  const int64_t image_pixels = s.ho * s.wo, pixels = s.n * image_pixels, vectors = (pixels + kLanes - 1) / kLanes;
+  const int64_t image_pixels = s.ho * s.wo, pixels = s.n * image_pixels;
   const BlockPlan plan = block_plan(s);
-  const int64_t chunk_vectors = flat_chunk_vectors(s), chunk_pixels = chunk_vectors * kLanes, chunks = flat_chunks(s);
-  const std::vector<Block> full = plan.split(chunk_vectors), last = plan.split(vectors - (chunks - 1) * chunk_vectors);
-  const int64_t chunk_units = chunk_pixels / plan.mask_lanes();  // (whole units: chunk_vectors is a multiple of unit)
+  const int64_t chunk_pixels = plan.chunk_vectors() * kLanes, chunks = plan.chunks(s);
+  const int64_t chunk_units = plan.chunk_vectors() / plan.unit;
   const int64_t plane = s.n * s.h * s.w;  // words of one word of 64 channels (sw = 1: wp = w)
-  const int64_t max_blocks = static_cast<int64_t>(std::max(full.size(), last.size()));
-  std::vector<int64_t> all_in(ktaps);
-  for (int64_t i = 0; i < s.kh; ++i)
-    for (int64_t j = 0; j < s.kw; ++j) all_in[i * s.kw + j] = (i * s.dh - s.ph) * s.w + j * s.dw - s.pw;
   for (int64_t part = part_begin; part < part_end; ++part) {
     const Share share(part, parts, by_words, blocks, chunks);
     const int64_t g = share.g, chunk_begin = share.unit_begin, chunk_end = share.unit_end;
     const void* const in_g = s.input_word(in, g * s.wg * plane);
-    // the taps of each register block of the share's chunks (the same for every block of channels): those inside
-    // the input for some lane of the block (in the first and last rows of an image, a row of taps falls outside
-    // for every lane), as dot_block takes them
-    const int64_t share_blocks = (chunk_end - chunk_begin) * max_blocks;
-    std::vector<int64_t> tap_in(share_blocks * ktaps), tap_w(share_blocks * ktaps), block_taps(share_blocks, 0);
-    std::vector<int> tap_mask(share_blocks * ktaps);
-    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      const std::vector<Block>& chunk_blocks = chunk + 1 < chunks ? full : last;
-      for (size_t i = 0; i < chunk_blocks.size(); ++i) {
-        const Block& blk = chunk_blocks[i];
-        const int64_t at = (chunk - chunk_begin) * max_blocks + static_cast<int64_t>(i), first = at * ktaps;
-        const uint8_t* const masks =
-            geo.masks.data() + (chunk * chunk_units + blk.first_unit) * ktaps * geo.mask_bytes;
-        int64_t taps = 0;
-        for (int64_t t = 0; t < ktaps; ++t) {
-          unsigned lanes = 0;
-          for (int64_t k = 0; k < blk.units; ++k) lanes |= get_mask(masks, k * ktaps + t, geo.mask_bytes);
-          if (lanes == 0) continue;
-          tap_in[first + taps] = all_in[t];
-          tap_w[first + taps] = t * s.wg * 8;
-          tap_mask[first + taps++] = static_cast<int>(t);
-        }
-        block_taps[at] = taps;
-      }
-    }
     for (int64_t b = share.block_begin; b < share.block_end; ++b) {
       const int64_t c0 = b * kChannels;
       const int64_t channels = std::min<int64_t>(kChannels, s.cout_g - c0);
@@ -392,10 +329,11 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const v
       int64_t image = chunk_begin * chunk_pixels / image_pixels, local = chunk_begin * chunk_pixels % image_pixels;
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
         const int64_t q_begin = chunk * chunk_pixels;
-        const std::vector<Block>& chunk_blocks = chunk + 1 < chunks ? full : last;
+        const std::vector<Block>& chunk_blocks = chunk + 1 < chunks ? geo.full : geo.last;
         for (size_t i = 0; i < chunk_blocks.size(); ++i) {
           const Block& blk = chunk_blocks[i];
-          const int64_t at = (chunk - chunk_begin) * max_blocks + static_cast<int64_t>(i), first = at * ktaps;
+          const int64_t list = geo.block_list[chunk * geo.blocks_per_chunk + static_cast<int64_t>(i)];
+          const int64_t first = list * ktaps;
           const int64_t q0 = q_begin + blk.first_vector * kLanes;
           int64_t block_image = image, block_local = local + blk.first_vector * kLanes;
           while (block_local >= image_pixels) {
@@ -407,9 +345,9 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const v
                                nullptr, 0, bits, image_pixels, s.cout * image_pixels, block_image, block_local};
           const uint8_t* const masks =
               geo.masks.data() + (chunk * chunk_units + blk.first_unit) * ktaps * geo.mask_bytes;
-          plan.fns[blk.vectors](s.input_word(in_g, q0), tap_in.data() + first, tap_w.data() + first,
-                                tap_mask.data() + first, block_taps[at], s.wg, plane, 8, wt_block, masks, ktaps,
-                                nullptr, block);
+          plan.fns[blk.vectors](s.input_word(in_g, q0), geo.tap_in.data() + first, geo.tap_w.data() + first,
+                                geo.tap_mask.data() + first, geo.list_taps[list], s.wg, plane, 8, wt_block, masks,
+                                ktaps, nullptr, block);
         }
         local += chunk_pixels;  // the next chunk's first pixel
         while (local >= image_pixels) {
