@@ -140,17 +140,22 @@ class _Epilogue(nn.Module):
         """The weights in the kernels' layout and the epilogue program, computed once per set of buffers and
         their contents: a buffer replaced, or changed in place (``load_state_dict`` copies into the buffers, which
         bumps their version counters), recomputes them."""
-        b = self._buffers  # (not nn.Module.__getattr__: this runs at every call)
-        scale, bias = b["scale"], b["bias"]
-        tensors = (b["weight_bits"], scale, bias, b["fused_codes"], b["fused_params"])
-        versions = (tensors[0]._version, -1 if scale is None else scale._version, -1 if bias is None else bias._version,
-                    tensors[3]._version, tensors[4]._version, self.emit_dot)
+        # (this runs at every call, after a kernel has evicted the interpreter's data from the caches: no
+        # nn.Module.__getattr__, no generator; one tuple of ints compared)
+        b = self._buffers
+        weight, scale, bias = b["weight_bits"], b["scale"], b["bias"]
+        codes, params = b["fused_codes"], b["fused_params"]
+        key = (id(weight), weight._version, id(scale), -1 if scale is None else scale._version, id(bias),
+               -1 if bias is None else bias._version, id(codes), codes._version, id(params), params._version,
+               self.emit_dot)
         cached = self.__dict__.get("_kernel_cache")
-        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors)):
+        if cached is None or cached[0] != key:
             out_channels, in_channels, kernel_size, groups = self._conv_geometry()
-            layout = kernels.conv_weight_layout(self.weight_bits, out_channels, in_channels, kernel_size, groups)
-            cached = self._kernel_cache = (tensors, versions, (layout,) + self.epilogue_program())
-        return cached[2]
+            layout = kernels.conv_weight_layout(weight, out_channels, in_channels, kernel_size, groups)
+            # (the tensors are kept with the key: while cached, their ids cannot pass to new tensors)
+            cached = self._kernel_cache = (key, (layout,) + self.epilogue_program(),
+                                           (weight, scale, bias, codes, params))
+        return cached[1]
 
     def _epilogue_repr(self) -> str:
         scale = "shift" if self.scale_is_shift else ("multiply" if self.scale is not None else "none")

@@ -282,6 +282,24 @@ def test_buffers_changed_in_place_reach_the_kernels(monkeypatch):
     expected = run(layer, x, "reference", monkeypatch)
     for path in PATHS:
         assert torch.equal(run(layer, x, path, monkeypatch), expected), path
+    layer.bias = torch.randn(24, generator=torch.Generator().manual_seed(10))  # (a buffer replaced)
+    expected = run(layer, x, "reference", monkeypatch)
+    for path in PATHS:
+        assert torch.equal(run(layer, x, path, monkeypatch), expected), path
+
+
+def test_the_setting_is_read_at_every_call(monkeypatch):
+    """``BNN_KERNELS`` set, changed or removed through os.environ applies at the next call (kernels.active reads
+    the mapping behind os.environ), in any letter case."""
+    best = kernels.ISA_CODES[PATHS[-1]]
+    monkeypatch.delenv("BNN_KERNELS", raising=False)
+    assert kernels.active() == (kernels.extension(), best)
+    monkeypatch.setenv("BNN_KERNELS", "Portable")
+    assert kernels.active()[1] == kernels.ISA_CODES["portable"] == kernels.kernel_isa()
+    monkeypatch.setenv("BNN_KERNELS", "REFERENCE")
+    assert kernels.active() == (None, None) and kernels.kernel_isa() is None
+    monkeypatch.delenv("BNN_KERNELS")
+    assert kernels.active()[1] == best == kernels.kernel_isa()
 
 
 @pytest.mark.parametrize("seed", range(4))
