@@ -225,8 +225,39 @@ inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, c
       n_valid[r * wo_pad + ow] = r * valid_cols[ow] * s.cin_g;
       n_valid_f[r * wo_pad + ow] = static_cast<float>(n_valid[r * wo_pad + ow]);
     }
-  std::vector<int64_t> tap_in(ktaps), tap_w(ktaps);
-  std::vector<int> tap_col(ktaps);
+  const int64_t row_words = s.sw * s.wp;         // one row of a plane (one image's, one group's, one word's)
+  const int64_t word_stride = s.n * s.h * row_words;  // from the plane of one word of 64 channels to the next
+  // The taps of an output row oh: those of its kernel rows inside the input, rows i0 .. i0 + rows - 1. They
+  // depend on (i0, rows) alone, a few distinct pairs (all rows; fewer at the top and the bottom): list l is
+  // list_rows[l] kernel rows, its taps entries l * ktaps ... of tap_in (words on from input row oh * sh - ph +
+  // i0 * dh of the image), tap_w (of the weights) and tap_col (the tap's kernel column, the index of its masks).
+  std::vector<int64_t> row_list(s.ho), row_first(s.ho), list_first, list_rows, tap_in, tap_w;
+  std::vector<int> tap_col;
+  for (int64_t oh = 0; oh < s.ho; ++oh) {
+    int64_t i0 = 0, rows = 0;
+    for (int64_t i = 0; i < s.kh; ++i) {
+      const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+      if (ih < 0 || ih >= s.h) continue;
+      if (rows++ == 0) i0 = i;
+    }
+    int64_t list = 0;
+    while (list < static_cast<int64_t>(list_rows.size()) && (list_first[list] != i0 || list_rows[list] != rows)) ++list;
+    if (list == static_cast<int64_t>(list_rows.size())) {
+      list_first.push_back(i0);
+      list_rows.push_back(rows);
+      tap_in.resize((list + 1) * ktaps);
+      tap_w.resize((list + 1) * ktaps);
+      tap_col.resize((list + 1) * ktaps);
+      for (int64_t i = i0, t = list * ktaps; i < i0 + rows; ++i)
+        for (int64_t j = 0; j < s.kw; ++j, ++t) {
+          tap_in[t] = (i - i0) * s.dh * row_words + col_offset[j];
+          tap_w[t] = (i * s.kw + j) * s.wg * 8;
+          tap_col[t] = static_cast<int>(j);
+        }
+    }
+    row_list[oh] = list;
+    row_first[oh] = oh * s.sh - s.ph + i0 * s.dh;
+  }
 #ifdef BNN_DIRECT_EPILOGUE
   int32_t* const tile_data = nullptr;  // the epilogue runs on the register blocks: no tile
 #else
@@ -234,8 +265,6 @@ inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, c
   std::vector<float> ftile(kChannels * wo_pad);
   int32_t* const tile_data = tile.data();
 #endif
-  const int64_t row_words = s.sw * s.wp;         // one row of a plane (one image's, one group's, one word's)
-  const int64_t word_stride = s.n * s.h * row_words;  // from the plane of one word of 64 channels to the next
   const std::vector<Block> row_blocks = plan.split(vectors);
   const int64_t pack_row_bytes = e.pack ? e.pack->sw * e.pack->wp * e.pack->word_bytes : 0;
   for (int64_t part = part_begin; part < part_end; ++part) {
@@ -252,18 +281,9 @@ inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, c
           oh = 0;
           ++n;
         }
-        int64_t taps = 0, rows = 0;
-        for (int64_t i = 0; i < s.kh; ++i) {
-          const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-          if (ih < 0 || ih >= s.h) continue;
-          ++rows;
-          for (int64_t j = 0; j < s.kw; ++j) {
-            tap_in[taps] = g * s.wg * word_stride + (n * s.h + ih) * row_words + col_offset[j];
-            tap_w[taps] = (i * s.kw + j) * s.wg * 8;
-            tap_col[taps] = static_cast<int>(j);
-            ++taps;
-          }
-        }
+        const int64_t list = row_list[oh], rows = list_rows[list], taps = rows * s.kw, first = list * ktaps;
+        // (the words of the row's first kernel row inside the input; with none inside, of the plane's first row)
+        const int64_t in_row = g * s.wg * word_stride + (rows > 0 ? (n * s.h + row_first[oh]) * row_words : 0);
         const int64_t* row_valid = n_valid.data() + rows * wo_pad;
         const float* row_valid_f = n_valid_f.data() + rows * wo_pad;
         const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
@@ -274,9 +294,9 @@ inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, c
           const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
                                e.residual ? e.residual + offset + ow0 : nullptr,
                                tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row, 0, 0, 0, 0};
-          plan.fns[blk.vectors](s.input_word(in, ow0), tap_in.data(), tap_w.data(), tap_col.data(), taps, s.wg,
-                                word_stride, 8, wt_block, masks.data() + blk.first_unit * s.kw * mask_size, s.kw,
-                                row_valid + ow0, block);
+          plan.fns[blk.vectors](s.input_word(in, in_row + ow0), tap_in.data() + first, tap_w.data() + first,
+                                tap_col.data() + first, taps, s.wg, word_stride, 8, wt_block,
+                                masks.data() + blk.first_unit * s.kw * mask_size, s.kw, row_valid + ow0, block);
         }
 #ifndef BNN_DIRECT_EPILOGUE
         finish_tile(e, tile.data(), ftile.data(), wo_pad, s.wo, channels, co0, out + offset,
