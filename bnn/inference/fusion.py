@@ -16,7 +16,9 @@ as the unfused one.
 
 :func:`hand_over_bits` then fuses the next binary layer's input compare into the epilogue: a packed
 convolution whose output goes straight into another one also writes that layer's packed input bits, which
-the other layer takes instead of packing its input itself. :func:`write_over_residuals` lets a layer write
+the other layer takes instead of packing its input itself; when the network concatenates several packed
+convolutions' outputs into the input of another, each writes its channels of that layer's packed input.
+:func:`write_over_residuals` lets a layer write
 its output over the tensor its ``add_residual`` step adds, when nothing else uses that tensor.
 """
 import collections
@@ -214,7 +216,9 @@ def hand_over_bits(gm: torch.fx.GraphModule) -> int:
     write the second's packed input in its epilogue (:meth:`PackedBinaryConv2d.hand_bits_to`): its node then
     returns ``(output, bits)``, its users take ``[0]``, the second layer ``packed=[1]``. The same bits also go
     to every other consumer that would pack its input the same way (:func:`_packs_alike`: ReActNet-A's two
-    pointwise convolutions after one 3x3). Returns the number of layers that hand over their bits; call
+    pointwise convolutions after one 3x3). Layers whose outputs are concatenated into another's input each
+    write their channels of it (:func:`_hand_over_through_cats`). Returns the number of layers that hand over
+    their bits; call
     ``gm.recompile()``. (The bits are the output's value when the layer ran: :func:`bnn.to_inference` refuses
     graphs that use a tensor after changing it in place.)"""
     calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
@@ -243,7 +247,64 @@ def hand_over_bits(gm: torch.fx.GraphModule) -> int:
             if consumer is consumers[0] or _packs_alike(first, gm.get_submodule(consumer.target)):
                 consumer.kwargs = {**consumer.kwargs, "packed": bits}
         linked += 1
+    return linked + _hand_over_through_cats(gm, calls)
+
+
+def _hand_over_through_cats(gm: torch.fx.GraphModule, calls) -> int:
+    """``conv(torch.cat([conv_a(x), conv_b(y)], dim=1))`` (ReActNet-A's blocks that double their channels):
+    ``conv_a`` writes its channels of ``conv``'s packed input, ``conv_b`` the next ones into the same tensor
+    (``packed_out=``), and ``conv`` takes them as ``packed=`` instead of packing the concatenation, which stays
+    for the other users. The layers write in the graph's order, each after the one before. Returns the number
+    of layers that hand over their bits so."""
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    linked = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.cat:
+            continue
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or dim not in (1, -3):
+            continue
+        producers = [_bits_producer(gm, t, calls) for t in tensors]
+        consumers = [user for user in node.users
+                     if user.op == "call_module" and user.args and user.args[0] is node and "packed" not in user.kwargs
+                     and type(gm.get_submodule(user.target)) is PackedBinaryConv2d]
+        if any(p is None for p in producers) or not consumers:
+            continue
+        first = gm.get_submodule(consumers[0].target)
+        offsets = [sum(p.out_channels for p in producers[:k]) for k in range(len(producers))]
+        if offsets[-1] + producers[-1].out_channels != first.in_channels or \
+                not all(p.can_hand_bits_to(first, offset) for p, offset in zip(producers, offsets)):
+            continue
+        bits = None
+        for k in sorted(range(len(tensors)), key=lambda k: order[tensors[k]]):
+            producer_node = tensors[k]
+            producers[k].hand_bits_to(first, offsets[k])
+            if bits is not None:
+                producer_node.kwargs = {**producer_node.kwargs, "packed_out": bits}
+            with gm.graph.inserting_after(producer_node):
+                output = gm.graph.call_function(operator.getitem, (producer_node, 0))
+            producer_node.replace_all_uses_with(output, delete_user_cb=lambda user: user is not output)
+            with gm.graph.inserting_after(output):
+                bits = gm.graph.call_function(operator.getitem, (producer_node, 1))
+        for consumer in consumers:
+            if consumer is consumers[0] or _packs_alike(first, gm.get_submodule(consumer.target)):
+                consumer.kwargs = {**consumer.kwargs, "packed": bits}
+        linked += len(tensors)
     return linked
+
+
+def _bits_producer(gm: torch.fx.GraphModule, node, calls) -> Optional[PackedBinaryConv2d]:
+    """The packed 2-d convolution that ``node`` calls, when it could hand over its bits (called once, nothing
+    after its epilogue, float 4-d output, not handing over already), else None."""
+    if not isinstance(node, torch.fx.Node) or node.op != "call_module" or calls[node.target] != 1:
+        return None
+    layer = gm.get_submodule(node.target)
+    meta = node.meta.get("tensor_meta")
+    if (type(layer) is not PackedBinaryConv2d or layer.post is not None or layer.next_groups or meta is None
+            or len(getattr(meta, "shape", ())) != 4 or meta.dtype != torch.float32):
+        return None
+    return layer
 
 
 def _packs_alike(a: PackedBinaryConv2d, b: PackedBinaryConv2d) -> bool:

@@ -198,31 +198,45 @@ class PackedBinaryConv2d(_Epilogue):
     def _conv_geometry(self):
         return self.out_channels, self.in_channels, self.kernel_size, self.groups
 
-    #: Set by :meth:`hand_bits_to`: the next layer's groups and horizontal stride (0: no hand-over).
+    #: Set by :meth:`hand_bits_to`: the next layer's groups and horizontal stride (0: no hand-over), its input
+    #: channels (0: this layer's output channels) and which of them this layer's output channels are.
     next_groups: int = 0
     next_stride: int = 0
+    next_channels: int = 0
+    next_channel_offset: int = 0
 
-    def can_hand_bits_to(self, layer: nn.Module) -> bool:
-        """Whether :meth:`hand_bits_to` accepts ``layer``: both 2-d, this layer's outputs its inputs, and the
-        channels in whole bytes (the epilogue writes one byte per block of 8 channels)."""
+    def can_hand_bits_to(self, layer: nn.Module, channel_offset: int = 0) -> bool:
+        """Whether :meth:`hand_bits_to` accepts ``layer``: both 2-d, this layer's outputs its input channels
+        ``channel_offset ...``, and the channels in whole bytes (the epilogue writes one byte per block of 8
+        channels; an input that several layers write takes each one's channels in whole bytes)."""
         def whole_bytes(groups: int, channels: int) -> bool:
             return groups == 1 or (channels // groups) % 8 == 0
-        return (type(layer) is PackedBinaryConv2d and not self.conv1d and not layer.conv1d
-                and layer.in_channels == self.out_channels and whole_bytes(self.groups, self.out_channels)
-                and whole_bytes(layer.groups, layer.in_channels))
+        if type(layer) is not PackedBinaryConv2d or self.conv1d or layer.conv1d:
+            return False
+        shared = channel_offset != 0 or layer.in_channels != self.out_channels
+        return (0 <= channel_offset and channel_offset + self.out_channels <= layer.in_channels
+                and whole_bytes(self.groups, self.out_channels) and whole_bytes(layer.groups, layer.in_channels)
+                and (not shared or (self.out_channels % 8 == 0 and channel_offset % 8 == 0)))
 
-    def hand_bits_to(self, layer: "PackedBinaryConv2d") -> None:
+    def hand_bits_to(self, layer: "PackedBinaryConv2d", channel_offset: int = 0) -> None:
         """Make this layer's kernel epilogue also write ``layer``'s packed input (its compare with
         ``layer``'s thresholds, in its layout): ``forward`` then returns ``(output, bits)``, and ``layer`` is
         called with ``packed=bits``. Only the converter calls this (:func:`bnn.inference.fusion.hand_over_bits`),
         for 2-d layers whose channels fall in bytes: 8 output channels per block of this layer's groups, 8 input
-        channels per group of ``layer``'s."""
-        if not self.can_hand_bits_to(layer):
-            raise ValueError("bits are handed over between 2-d packed convolutions, output to input channels, "
-                             "with 8 channels per group (or one group) on both sides")
-        self.register_buffer("next_threshold", layer.threshold.clone())
-        self.register_buffer("next_direction", layer.direction.clone())
+        channels per group of ``layer``'s. With ``channel_offset``, or fewer output channels than ``layer`` has
+        input channels, this layer's outputs are ``layer``'s input channels ``channel_offset ...`` (the network
+        concatenates several layers' outputs): each of those layers writes its channels of one packed input,
+        the first allocating it, the next ones called with ``packed_out=`` the bits the previous one returned."""
+        if not self.can_hand_bits_to(layer, channel_offset):
+            raise ValueError("bits are handed over between 2-d packed convolutions, output to input channels "
+                             f"{channel_offset} .. {channel_offset + self.out_channels - 1} of the next layer's "
+                             f"{getattr(layer, 'in_channels', '?')}, with 8 channels per group (or one group) on both "
+                             "sides, and in whole bytes when several layers write one input")
+        channels = slice(channel_offset, channel_offset + self.out_channels)
+        self.register_buffer("next_threshold", layer.threshold[channels].clone())
+        self.register_buffer("next_direction", layer.direction[channels].clone())
         self.next_groups, self.next_stride = layer.groups, layer.stride[1]
+        self.next_channels, self.next_channel_offset = layer.in_channels, channel_offset
 
     #: Set by the converter (:func:`bnn.inference.fusion.write_over_residuals`) when nothing but this layer uses
     #: the tensor its ``add_residual`` step adds: the kernels then write the output over it (no new feature map).
@@ -233,10 +247,11 @@ class PackedBinaryConv2d(_Epilogue):
     batched_only: bool = False
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                packed: Optional[torch.Tensor] = None):
+                packed: Optional[torch.Tensor] = None, packed_out: Optional[torch.Tensor] = None):
         """``x``: the layer's real input; ``residual``: the tensor a fused ``add_residual`` step adds; ``packed``:
         ``x`` already compared and packed by the previous layer's epilogue (or None). Returns the output, and
-        after :meth:`hand_bits_to` the pair ``(output, next layer's packed input or None)``. With
+        after :meth:`hand_bits_to` the pair ``(output, next layer's packed input or None)``, that input written
+        into ``packed_out`` when given (another layer's channels of it already there). With
         :attr:`overwrites_residual`, the kernels write the output over ``residual`` and return that tensor."""
         unbatched = x.dim() == (2 if self.conv1d else 3)
         if unbatched and self.batched_only:
@@ -259,7 +274,8 @@ class PackedBinaryConv2d(_Epilogue):
             out, bits_out = ext.binary_conv2d(
                 packed, x4.shape[3], weight, self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
                 self.groups, codes, params, r4, self.overwrites_residual and r4 is not None, next_threshold,
-                buffers.get("next_direction"), self.next_groups, self.next_stride, None, isa)
+                buffers.get("next_direction"), self.next_groups, self.next_stride,
+                self.next_channels or self.out_channels, self.next_channel_offset, packed_out, isa)
             if self.conv1d:
                 out = out.squeeze(2)
             if post is not None and not self.emit_dot:
@@ -309,7 +325,7 @@ class PackedBinaryLinear(_Epilogue):
         m = rows.shape[0]
         packed = ext.pack_input(rows.t().reshape(1, self.in_features, 1, m), self.threshold, self.direction, 1, 1, isa)
         out, _ = ext.binary_conv2d(packed, m, weight, self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1,
-                                   codes, params, None, False, None, None, 0, 0, None, isa)
+                                   codes, params, None, False, None, None, 0, 0, self.out_features, 0, None, isa)
         # contiguous, as the reference's: what follows (a float linear layer, say) may round differently on
         # another memory layout
         out = out.view(self.out_features, m).t().contiguous().view(*x.shape[:-1], self.out_features)

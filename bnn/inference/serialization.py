@@ -29,8 +29,11 @@ from .packing import pack_bits, unpack_bits
 __all__ = ["save_inference", "load_inference", "FORMAT", "VERSION"]
 
 FORMAT = "bnn-inference"
-VERSION = 3  # 2: fused epilogues, phase-split packing, pooling kernels; 3: bits handed to the next layer
-_READABLE = (2, 3)  # a version-2 file is a version-3 graph without hand-overs
+# 2: fused epilogues, phase-split packing, pooling kernels; 3: bits handed to the next layer; 4: bits handed
+# through a concatenation, several layers writing one packed input (their channels: next_channel_offset)
+VERSION = 4
+_READABLE = (2, 3, 4)  # a version-2 file is a version-3 graph without hand-overs, a version-3 one a version-4 graph
+# without hand-overs through concatenations
 
 _MODULE_CLASSES = [
     _modules.PackedBinaryConv2d, _modules.PackedBinaryLinear, _modules.SignedRealLayer,

@@ -958,6 +958,64 @@ def test_bits_shared_by_consumers_that_pack_alike(case, path, monkeypatch):
     assert (second is first) == (case == "same")
 
 
+class CatIntoConv(nn.Module):
+    """ReActNet-A's channel-doubling block and the next one's convolution: ``conv_next(cat([conv_a(y) + y,
+    conv_b(y) + y]))``, the concatenation also read by something else (the next shortcut); ``swapped``: the
+    concatenation lists conv_b first, which the graph computes second."""
+
+    def __init__(self, channels, stride, swapped):
+        super().__init__()
+        self.swapped = swapped
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv_a = nn.Conv2d(channels, channels, 1, bias=False)
+        self.conv_b = nn.Conv2d(channels, channels, 1, bias=False)
+        self.conv_next = nn.Conv2d(2 * channels, 16, 3, stride=stride, padding=1, bias=False)
+
+    def forward(self, x):
+        y = self.conv0(x)
+        a = self.conv_a(y) + y
+        b = self.conv_b(y) + y
+        joined = torch.cat([b, a] if self.swapped else [a, b], 1)
+        return self.conv_next(joined) + joined.mean()
+
+
+# channels of each branch: 8 (two branches share a word, a byte each), 32 (half words in, 64-bit words out on
+# AVX-512), 64 (a word each); 12: not in whole bytes, so conv_next packs the concatenation itself
+@pytest.mark.parametrize("channels, stride, swapped", [(8, 1, False), (8, 2, True), (32, 1, True), (64, 2, False),
+                                                       (12, 1, False)])
+@pytest.mark.parametrize("path", PATHS)
+def test_bits_handed_over_through_a_concatenation(channels, stride, swapped, path, monkeypatch):
+    model, x, fast = converted(("cat into conv", channels, stride, swapped),
+                               lambda: binarized(CatIntoConv(channels, stride, swapped), SIGN_XNOR, seed=80),
+                               example((channels, 7, 10, 2), seed=81))
+    use_path(path, monkeypatch)
+    check_outputs(fast, model, x, -x, with_zeros(x))
+    nodes = {n.target: n for n in fast.graph_module.graph.nodes if n.op == "call_module"}
+    bits = packed_from(fast, "conv_next")
+    if channels % 8:
+        assert bits is None and packed(fast, "conv_a").next_groups == 0
+        return
+    # conv_a writes channels 0.. (conv_b's first when swapped), into the tensor conv_b then writes its channels of
+    assert bits is not None and bits.args == (nodes["conv_b"], 1)
+    assert nodes["conv_b"].kwargs["packed_out"].args == (nodes["conv_a"], 1)
+    assert (packed(fast, "conv_a").next_channel_offset, packed(fast, "conv_b").next_channel_offset) == \
+        ((channels, 0) if swapped else (0, channels))
+    assert packed(fast, "conv_a").next_channels == packed(fast, "conv_b").next_channels == 2 * channels
+
+
+def test_hand_over_through_a_concatenation_survives_the_file(tmp_path, monkeypatch):
+    model, x, fast = converted(("cat into conv", 8, 2, True),
+                               lambda: binarized(CatIntoConv(8, 2, True), SIGN_XNOR, seed=80),
+                               example((8, 7, 10, 2), seed=81))
+    fast.save(tmp_path / "cat.bnn")
+    loaded = load_inference(tmp_path / "cat.bnn")
+    assert packed(loaded, "conv_a").next_channel_offset == 8 and packed_from(loaded, "conv_next") is not None
+    for path in PATHS:
+        if runs_here(path):
+            use_path(path, monkeypatch)
+            check_outputs(loaded, model, x, -x)
+
+
 @pytest.mark.parametrize("in_place", ["method", "module"])
 def test_a_tensor_used_after_an_in_place_change_is_refused(in_place):
     """The bits (and the thresholds) would be those of the tensor before the change: a clear error instead."""

@@ -175,7 +175,7 @@ def test_missing_file(tmp_path):
         load_inference(tmp_path / "no-such.bnn")
 
 
-@pytest.mark.parametrize("version", [1, 4, 0, None, "2"])
+@pytest.mark.parametrize("version", [1, 5, 0, None, "2"])
 def test_wrong_version(good_file, tmp_path, version):
     data = _load_dict(good_file)
     data["version"] = version

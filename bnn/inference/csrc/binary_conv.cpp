@@ -74,14 +74,17 @@ struct PackOut {
   const float* threshold;
   const int8_t* direction;
   int64_t groups, cin_g, wg, n, sw, wp, wo, word_bytes;  // wo: pixels per row
+  // the next layer's input channel of this layer's output channel 0: several layers whose outputs the network
+  // concatenates write one packed input, each its channels'
+  int64_t channel_offset;
   // The byte of a word's first 8 channels is written as the whole word, zeros above it: the padding channels of
   // a group's last word are then zero with nothing cleared beforehand. Set when this layer has one group: one
   // thread then writes all of a word's bytes (Share), the first before the others (its blocks in order).
   bool whole_words;
-  // the byte of channels co0 .. co0 + 7 (co0 a multiple of 8 within the next layer's group) in the word of
-  // output pixel 0 of row (n, oh); the rows of all images follow on from there
+  // the byte of output channels co0 .. co0 + 7 (co0 + channel_offset a multiple of 8 within the next layer's
+  // group) in the word of output pixel 0 of row (n, oh); the rows of all images follow on from there
   uint8_t* row(int64_t image, int64_t ho, int64_t oh, int64_t co0) const {
-    const int64_t g = co0 / cin_g, ci = co0 % cin_g;
+    const int64_t g = (co0 + channel_offset) / cin_g, ci = (co0 + channel_offset) % cin_g;
     return data + ((((g * wg + ci / 64) * n + image) * ho + oh) * sw * wp) * word_bytes + (ci % 64) / 8;
   }
   // which byte of its word `first` is (the words are aligned to their size)
@@ -757,12 +760,34 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
   return words;
 }
 
+// The next layer's packed input from the output, after the convolution, one byte of 8 channels at a time through
+// PackOut::store (the AVX2 path, whose blocks of 4 channels make half bytes, into an input shared with other
+// layers: pack_into writes whole words).
+static void pack_output_bytes(const float* out, const ConvShape& s, const PackOut& pack) {
+  at::parallel_for(0, s.n * s.ho, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> bytes(s.wo);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / s.ho, oh = row % s.ho;
+      for (int64_t c0 = 0; c0 < s.cout; c0 += 8) {
+        std::fill(bytes.begin(), bytes.end(), 0);
+        for (int64_t l = 0; l < std::min<int64_t>(8, s.cout - c0); ++l) {
+          const float* x = out + ((n * s.cout + c0 + l) * s.ho + oh) * s.wo;
+          for (int64_t ow = 0; ow < s.wo; ++ow)
+            bytes[ow] |= static_cast<uint8_t>(threshold_bit(x[ow], pack.threshold[c0 + l], pack.direction[c0 + l]) << l);
+        }
+        pack.store(pack.row(n, s.ho, oh, c0), 0, bytes.data(), s.wo);
+      }
+    }
+  });
+}
+
 std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     torch::Tensor packed, int64_t in_width, torch::Tensor weight, int64_t cin, int64_t cout, int64_t kh, int64_t kw,
     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, torch::Tensor step_codes,
     torch::Tensor step_params, c10::optional<torch::Tensor> residual, bool out_over_residual,
     c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction, int64_t next_groups,
-    int64_t next_stride, c10::optional<torch::Tensor> packed_out, int64_t isa) {
+    int64_t next_stride, int64_t next_channels, int64_t next_channel_offset, c10::optional<torch::Tensor> packed_out,
+    int64_t isa) {
   TORCH_CHECK(weight.dim() == 6 && weight.scalar_type() == torch::kInt64, "packed weight must be [G,B,KH,KW,WG,8] int64");
   TORCH_CHECK(groups >= 1 && cin % groups == 0 && cout % groups == 0, "the groups must divide the channels");
   const Isa chosen = capped_isa(isa);
@@ -825,9 +850,17 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     next_d = next_direction->contiguous();
     TORCH_CHECK(next_t.scalar_type() == torch::kFloat32 && next_t.numel() == cout && next_d.scalar_type() == torch::kInt8 &&
                 next_d.numel() == cout, "next layer: one float32 threshold and one int8 direction per output channel");
-    TORCH_CHECK(next_groups >= 1 && cout % next_groups == 0, "the next layer's groups must divide the channels");
+    TORCH_CHECK(next_channel_offset >= 0 && next_channels >= next_channel_offset + cout,
+                "the next layer's input channels ", next_channel_offset, " .. ", next_channel_offset + cout - 1,
+                " for this layer's outputs are not among its ", next_channels);
+    const bool shared = next_channels != cout;  // (other layers write the other channels)
+    TORCH_CHECK(!shared || (cout % 8 == 0 && next_channel_offset % 8 == 0),
+                "a packed input shared by several layers takes each one's channels in whole bytes: ", cout,
+                " channels from channel ", next_channel_offset, " are not");
+    TORCH_CHECK(next_groups >= 1 && next_channels % next_groups == 0, "the next layer's groups must divide its channels");
     pack.groups = next_groups;
-    pack.cin_g = cout / next_groups;
+    pack.cin_g = next_channels / next_groups;
+    pack.channel_offset = next_channel_offset;
     TORCH_CHECK(groups == 1 || s.cout_g % 8 == 0, "packing the output: the channels per group must be a multiple of 8");
     TORCH_CHECK(next_groups == 1 || pack.cin_g % 8 == 0,
                 "packing the output: the next layer's channels per group must be a multiple of 8");
@@ -837,7 +870,7 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     pack.wp = (s.wo + next_stride - 1) / next_stride;
     pack.wo = s.wo;
     pack.word_bytes = packed_word_bytes(pack.cin_g, isa);
-    pack.whole_words = groups == 1;
+    pack.whole_words = groups == 1 && !shared;
     const auto bits_type = word_type(pack.word_bytes);
     const std::vector<int64_t> bits_sizes{next_groups, pack.wg, s.n, s.ho, next_stride, pack.wp};
     if (packed_out.has_value()) {  // (its words the epilogue does not write are left as they are)
@@ -846,8 +879,9 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
                   "the packed output must be contiguous ", bits_type, " ", c10::IntArrayRef(bits_sizes),
                   " for the next layer");
     } else {  // zeros where the epilogue writes nothing: the padding of a group's last word (unless whole_words),
-              // the phases' words past the row's end
-      const bool written = (pack.whole_words || pack.cin_g % (8 * pack.word_bytes) == 0) && pack.sw * pack.wp == s.wo;
+              // the phases' words past the row's end, the other layers' channels of a shared input
+      const bool written =
+          !shared && (pack.whole_words || pack.cin_g % (8 * pack.word_bytes) == 0) && pack.sw * pack.wp == s.wo;
       bits = written ? torch::empty(bits_sizes, torch::dtype(bits_type))
                      : torch::zeros(bits_sizes, torch::dtype(bits_type));
     }
@@ -887,8 +921,10 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
       else portable::conv_tasks(s, in, wt, run, outp, parts, by_words, begin, end);
     });
   }
-  if (pack_after)
+  if (pack_after && pack.channel_offset == 0 && pack.cin_g * pack.groups == cout)
     pack_into(outp, s.n, cout, s.ho, s.wo, pack.threshold, pack.direction, pack.groups, pack.sw, chosen, pack.data);
+  else if (pack_after)
+    pack_output_bytes(outp, s, pack);
   return {out, bits};
 }
 
