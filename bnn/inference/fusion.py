@@ -238,16 +238,25 @@ def hand_over_bits(gm: torch.fx.GraphModule) -> int:
             continue
         first = gm.get_submodule(consumers[0].target)
         producer.hand_bits_to(first)
-        with gm.graph.inserting_after(node):
-            output = gm.graph.call_function(operator.getitem, (node, 0))
-        node.replace_all_uses_with(output, delete_user_cb=lambda user: user is not output)
-        with gm.graph.inserting_after(output):
-            bits = gm.graph.call_function(operator.getitem, (node, 1))
-        for consumer in consumers:
-            if consumer is consumers[0] or _packs_alike(first, gm.get_submodule(consumer.target)):
-                consumer.kwargs = {**consumer.kwargs, "packed": bits}
+        _give_bits(gm, consumers, first, _split_output(gm, node))
         linked += 1
     return linked + _hand_over_through_cats(gm, calls)
+
+
+def _split_output(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node:
+    """``node`` now returns ``(output, bits)``: its users take ``[0]``; returns the node of ``[1]``."""
+    with gm.graph.inserting_after(node):
+        output = gm.graph.call_function(operator.getitem, (node, 0))
+    node.replace_all_uses_with(output, delete_user_cb=lambda user: user is not output)
+    with gm.graph.inserting_after(output):
+        return gm.graph.call_function(operator.getitem, (node, 1))
+
+
+def _give_bits(gm: torch.fx.GraphModule, consumers, first: PackedBinaryConv2d, bits: torch.fx.Node) -> None:
+    """``first`` (the layer of ``consumers[0]``), and every other consumer that packs alike, take ``bits``."""
+    for consumer in consumers:
+        if consumer is consumers[0] or _packs_alike(first, gm.get_submodule(consumer.target)):
+            consumer.kwargs = {**consumer.kwargs, "packed": bits}
 
 
 def _hand_over_through_cats(gm: torch.fx.GraphModule, calls) -> int:
@@ -282,14 +291,8 @@ def _hand_over_through_cats(gm: torch.fx.GraphModule, calls) -> int:
             producers[k].hand_bits_to(first, offsets[k])
             if bits is not None:
                 producer_node.kwargs = {**producer_node.kwargs, "packed_out": bits}
-            with gm.graph.inserting_after(producer_node):
-                output = gm.graph.call_function(operator.getitem, (producer_node, 0))
-            producer_node.replace_all_uses_with(output, delete_user_cb=lambda user: user is not output)
-            with gm.graph.inserting_after(output):
-                bits = gm.graph.call_function(operator.getitem, (producer_node, 1))
-        for consumer in consumers:
-            if consumer is consumers[0] or _packs_alike(first, gm.get_submodule(consumer.target)):
-                consumer.kwargs = {**consumer.kwargs, "packed": bits}
+            bits = _split_output(gm, producer_node)
+        _give_bits(gm, consumers, first, bits)
         linked += len(tensors)
     return linked
 
