@@ -60,6 +60,8 @@ def _module_counts(m: nn.Module, args, out) -> Dict[str, int]:
         out = out[0]  # (output, the next layer's packed input): its compares are counted by that layer
     inp = args[0] if args else None
     n_out, n_in = _numel(out), _numel(inp)
+    if isinstance(m, PackedBinaryConv2d) and m.out_channels_total:  # (its channels of a concatenation)
+        n_out = n_out // m.out_channels_total * m.out_channels
     if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear)):
         if isinstance(m, PackedBinaryLinear):
             c["binary_macs"] = (n_in // m.in_features) * m.in_features * m.out_features

@@ -28,7 +28,7 @@ from ..ops.base import Identity
 from ..ops.scale import BasicScaleBinarizer
 from ..ops.weight import ScaledWeightBinarizer
 from ..tracing import LeafTracer
-from .fusion import fuse_epilogues, hand_over_bits, write_over_residuals
+from .fusion import fuse_epilogues, hand_over_bits, write_into_concatenations, write_over_residuals
 from .modules import PackedBinaryConv2d, PackedBinaryLinear, SignedRealLayer
 from .pooling import FastAvgPool2d, FastMaxPool2d
 from .thresholds import derive_thresholds
@@ -306,6 +306,7 @@ def to_inference(model: nn.Module, example_inputs: Inputs) -> "InferenceModel":
                 parent, _, child = node.target.rpartition(".")
                 setattr(gm.get_submodule(parent) if parent else gm, child, new)
         hand_over_bits(gm)
+        write_into_concatenations(gm)
         gm.graph.eliminate_dead_code()  # (the fused operations' nodes: no user of a residual must be left)
         write_over_residuals(gm)
     gm.graph.eliminate_dead_code()

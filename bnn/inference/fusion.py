@@ -34,7 +34,7 @@ from .batchnorm import batchnorm_steps
 from .modules import PackedBinaryConv2d, SignedRealLayer
 from .pooling import FastAvgPool2d, FastMaxPool2d
 
-__all__ = ["fuse_epilogues", "hand_over_bits", "write_over_residuals"]
+__all__ = ["fuse_epilogues", "hand_over_bits", "write_into_concatenations", "write_over_residuals"]
 
 _MULTIPLY = {operator.mul, torch.mul}
 _ADD = {operator.add, torch.add}
@@ -333,6 +333,63 @@ def _new_tensor(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
     return False
 
 
+def write_into_concatenations(gm: torch.fx.GraphModule) -> int:
+    """``torch.cat([conv_a(x), conv_b(y)], dim=1)`` of packed convolutions' outputs (ReActNet-A's
+    channel-doubling blocks): each convolution writes its channels of the concatenation
+    (:attr:`PackedBinaryConv2d.out_channels_total`), the first one in the graph allocating it, the next ones
+    given it (``out=``), and the concatenation's copy goes. Each output must have no other user. Run after
+    :func:`hand_over_bits` (its outputs then come as ``[0]``); returns the number of concatenations; call
+    ``gm.recompile()``."""
+    calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.cat:
+            continue
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        meta = node.meta.get("tensor_meta")
+        if (not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or dim not in (1, -3) or meta is None
+                or len(getattr(meta, "shape", ())) != 4 or meta.dtype != torch.float32):
+            continue
+        calls_of = [_concatenated_call(gm, t, calls) for t in tensors]
+        if any(call is None for call in calls_of) or any(len(t.users) != 1 for t in tensors):
+            continue
+        layers = [gm.get_submodule(call.target) for call in calls_of]
+        total = sum(layer.out_channels for layer in layers)
+        previous = None
+        for k in sorted(range(len(tensors)), key=lambda k: order[calls_of[k]]):
+            layers[k].out_channels_total = total
+            layers[k].out_channel_offset = sum(layer.out_channels for layer in layers[:k])
+            layers[k].batched_only = True  # (on an unbatched input, dim 1 would not be the channels)
+            if previous is not None:
+                calls_of[k].kwargs = {**calls_of[k].kwargs, "out": previous}
+            previous = tensors[k]
+        node.replace_all_uses_with(previous)
+        gm.graph.erase_node(node)
+        count += 1
+    return count
+
+
+def _concatenated_call(gm: torch.fx.GraphModule, tensor, calls) -> Optional[torch.fx.Node]:
+    """The call of the packed 2-d convolution whose output ``tensor`` is (the call, or its ``[0]`` when it hands
+    over bits), when that layer can write into a concatenation (called once, nothing after its epilogue, its
+    output its own, not over its residual), else None."""
+    if not isinstance(tensor, torch.fx.Node):
+        return None
+    call = tensor
+    if tensor.op == "call_function" and tensor.target is operator.getitem and tensor.args[1] == 0:
+        call = tensor.args[0]
+    if not isinstance(call, torch.fx.Node) or call.op != "call_module" or calls[call.target] != 1:
+        return None
+    layer = gm.get_submodule(call.target)
+    if (type(layer) is not PackedBinaryConv2d or layer.conv1d or layer.post is not None or layer.emit_dot
+            or layer.out_channels_total or layer.overwrites_residual):
+        return None
+    # ([0] of the pair a layer that hands over its bits returns, or the output itself; not x[0] of a batch)
+    return call if (call is not tensor) == bool(layer.next_groups) else None
+
+
 def write_over_residuals(gm: torch.fx.GraphModule) -> int:
     """Where a packed convolution's fused ``add_residual`` step adds a tensor that it alone uses, and that a
     module computed for it (no graph input, no view of another tensor), let the kernels write the output over
@@ -345,8 +402,9 @@ def write_over_residuals(gm: torch.fx.GraphModule) -> int:
         if node.op != "call_module" or calls[node.target] != 1 or len(node.args) < 2:
             continue
         layer, residual = gm.get_submodule(node.target), node.args[1]
-        if (type(layer) is PackedBinaryConv2d and layer.fused_residual and isinstance(residual, torch.fx.Node)
-                and set(residual.users) == {node} and _new_tensor(gm, residual)):
+        if (type(layer) is PackedBinaryConv2d and layer.fused_residual and not layer.out_channels_total
+                and isinstance(residual, torch.fx.Node) and set(residual.users) == {node}
+                and _new_tensor(gm, residual)):
             layer.overwrites_residual = True
             count += 1
     return count

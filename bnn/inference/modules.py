@@ -238,6 +238,13 @@ class PackedBinaryConv2d(_Epilogue):
         self.next_groups, self.next_stride = layer.groups, layer.stride[1]
         self.next_channels, self.next_channel_offset = layer.in_channels, channel_offset
 
+    #: Set by the converter (:func:`bnn.inference.fusion.write_into_concatenations`) where the network concatenates
+    #: this layer's output with others': the concatenation's channels (0: none, the output is this layer's own)
+    #: and the first of them this layer writes. Its call then returns the whole concatenation, its channels
+    #: written, and takes ``out=`` the tensor the layer before it in the graph returned, unless it is the first.
+    out_channels_total: int = 0
+    out_channel_offset: int = 0
+
     #: Set by the converter (:func:`bnn.inference.fusion.write_over_residuals`) when nothing but this layer uses
     #: the tensor its ``add_residual`` step adds: the kernels then write the output over it (no new feature map).
     overwrites_residual: bool = False
@@ -247,12 +254,16 @@ class PackedBinaryConv2d(_Epilogue):
     batched_only: bool = False
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                packed: Optional[torch.Tensor] = None, packed_out: Optional[torch.Tensor] = None):
+                packed: Optional[torch.Tensor] = None, packed_out: Optional[torch.Tensor] = None,
+                out: Optional[torch.Tensor] = None):
         """``x``: the layer's real input; ``residual``: the tensor a fused ``add_residual`` step adds; ``packed``:
         ``x`` already compared and packed by the previous layer's epilogue (or None). Returns the output, and
         after :meth:`hand_bits_to` the pair ``(output, next layer's packed input or None)``, that input written
         into ``packed_out`` when given (another layer's channels of it already there). With
-        :attr:`overwrites_residual`, the kernels write the output over ``residual`` and return that tensor."""
+        :attr:`overwrites_residual`, the kernels write the output over ``residual`` and return that tensor; with
+        :attr:`out_channels_total`, they write its channels of a concatenation (into ``out`` when given) and
+        return the concatenation."""
+        into = out
         unbatched = x.dim() == (2 if self.conv1d else 3)
         if unbatched and self.batched_only:
             raise ValueError(f"this packed layer fused per-channel operations that act on axis 1 of a batch; "
@@ -275,7 +286,8 @@ class PackedBinaryConv2d(_Epilogue):
                 packed, x4.shape[3], weight, self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
                 self.groups, codes, params, r4, self.overwrites_residual and r4 is not None, next_threshold,
                 buffers.get("next_direction"), self.next_groups, self.next_stride,
-                self.next_channels or self.out_channels, self.next_channel_offset, packed_out, isa)
+                self.next_channels or self.out_channels, self.next_channel_offset, packed_out,
+                self.out_channels_total or self.out_channels, self.out_channel_offset, into, isa)
             if self.conv1d:
                 out = out.squeeze(2)
             if post is not None and not self.emit_dot:
@@ -287,6 +299,11 @@ class PackedBinaryConv2d(_Epilogue):
             if self.conv1d:
                 dot = dot.squeeze(2)
             out = self._finish(dot, xb, rb)
+            if self.out_channels_total:  # (its channels of the concatenation)
+                whole = into if into is not None else out.new_empty(
+                    (out.shape[0], self.out_channels_total) + tuple(out.shape[2:]))
+                whole[:, self.out_channel_offset:self.out_channel_offset + self.out_channels] = out
+                out = whole
         out = out.squeeze(0) if unbatched else out
         return out if next_threshold is None else (out, bits_out)
 
@@ -325,7 +342,8 @@ class PackedBinaryLinear(_Epilogue):
         m = rows.shape[0]
         packed = ext.pack_input(rows.t().reshape(1, self.in_features, 1, m), self.threshold, self.direction, 1, 1, isa)
         out, _ = ext.binary_conv2d(packed, m, weight, self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1,
-                                   codes, params, None, False, None, None, 0, 0, self.out_features, 0, None, isa)
+                                   codes, params, None, False, None, None, 0, 0, self.out_features, 0, None,
+                                   self.out_features, 0, None, isa)
         # contiguous, as the reference's: what follows (a float linear layer, say) may round differently on
         # another memory layout
         out = out.view(self.out_features, m).t().contiguous().view(*x.shape[:-1], self.out_features)

@@ -29,8 +29,9 @@ from .packing import pack_bits, unpack_bits
 __all__ = ["save_inference", "load_inference", "FORMAT", "VERSION"]
 
 FORMAT = "bnn-inference"
-# 2: fused epilogues, phase-split packing, pooling kernels; 3: bits handed to the next layer; 4: bits handed
-# through a concatenation, several layers writing one packed input (their channels: next_channel_offset)
+# 2: fused epilogues, phase-split packing, pooling kernels; 3: bits handed to the next layer; 4: concatenations
+# written by the layers concatenated, their outputs (out_channel_offset) and the next layer's packed input
+# (next_channel_offset)
 VERSION = 4
 _READABLE = (2, 3, 4)  # a version-2 file is a version-3 graph without hand-overs, a version-3 one a version-4 graph
 # without hand-overs through concatenations

@@ -814,7 +814,9 @@ def test_activation_after_a_concatenation_fuses_into_each_branch(branches, act, 
         assert fused_steps(packed(fast, "conv_b")) == expected
         if act != "prelu-1":
             assert not torch.equal(packed(fast, "conv_a").fused_params[1:], packed(fast, "conv_b").fused_params[1:])
-        assert call_nodes(fast) == ["conv_a", "conv_b", "cat"]
+        # and the concatenation went: conv_b writes its channels into the tensor conv_a allocated for both
+        assert call_nodes(fast) == ["conv_a", "conv_b"]
+        assert packed(fast, "conv_b").out_channel_offset == 12 and packed(fast, "conv_a").out_channels_total == 24
     else:  # a concatenation of one tensor is a copy: gone
         assert call_nodes(fast) == ["conv_a"]
 
@@ -961,14 +963,14 @@ def test_bits_shared_by_consumers_that_pack_alike(case, path, monkeypatch):
 class CatIntoConv(nn.Module):
     """ReActNet-A's channel-doubling block and the next one's convolution: ``conv_next(cat([conv_a(y) + y,
     conv_b(y) + y]))``, the concatenation also read by something else (the next shortcut); ``swapped``: the
-    concatenation lists conv_b first, which the graph computes second."""
+    concatenation lists conv_b first, which the graph computes second; ``k``: conv_a's and conv_b's kernel."""
 
-    def __init__(self, channels, stride, swapped):
+    def __init__(self, channels, stride, swapped, k=1):
         super().__init__()
         self.swapped = swapped
         self.conv0 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.conv_a = nn.Conv2d(channels, channels, 1, bias=False)
-        self.conv_b = nn.Conv2d(channels, channels, 1, bias=False)
+        self.conv_a = nn.Conv2d(channels, channels, k, padding=k // 2, bias=False)
+        self.conv_b = nn.Conv2d(channels, channels, k, padding=k // 2, bias=False)
         self.conv_next = nn.Conv2d(2 * channels, 16, 3, stride=stride, padding=1, bias=False)
 
     def forward(self, x):
@@ -980,17 +982,27 @@ class CatIntoConv(nn.Module):
 
 
 # channels of each branch: 8 (two branches share a word, a byte each), 32 (half words in, 64-bit words out on
-# AVX-512), 64 (a word each); 12: not in whole bytes, so conv_next packs the concatenation itself
-@pytest.mark.parametrize("channels, stride, swapped", [(8, 1, False), (8, 2, True), (32, 1, True), (64, 2, False),
-                                                       (12, 1, False)])
+# AVX-512), 64 (a word each); 12: not in whole bytes, so conv_next packs the concatenation itself. 1x1 branches
+# on rows of 10 run flat over the batch, 3x3 ones on rows of 16 in rows.
+@pytest.mark.parametrize("channels, stride, swapped, k, width", [
+    (8, 1, False, 1, 10), (8, 2, True, 1, 10), (32, 1, True, 1, 10), (64, 2, False, 1, 10), (12, 1, False, 1, 10),
+    (32, 1, False, 3, 16), (64, 2, True, 3, 16)])
 @pytest.mark.parametrize("path", PATHS)
-def test_bits_handed_over_through_a_concatenation(channels, stride, swapped, path, monkeypatch):
-    model, x, fast = converted(("cat into conv", channels, stride, swapped),
-                               lambda: binarized(CatIntoConv(channels, stride, swapped), SIGN_XNOR, seed=80),
-                               example((channels, 7, 10, 2), seed=81))
+def test_bits_handed_over_through_a_concatenation(channels, stride, swapped, k, width, path, monkeypatch):
+    model, x, fast = converted(("cat into conv", channels, stride, swapped, k, width),
+                               lambda: binarized(CatIntoConv(channels, stride, swapped, k), SIGN_XNOR, seed=80),
+                               example((channels, 7, width, 2), seed=81))
     use_path(path, monkeypatch)
     check_outputs(fast, model, x, -x, with_zeros(x))
     nodes = {n.target: n for n in fast.graph_module.graph.nodes if n.op == "call_module"}
+    # the concatenation went: conv_a and conv_b write their channels of one tensor, the second one given the first
+    # one's output
+    assert "cat" not in call_nodes(fast)
+    first, second = ("conv_a", "conv_b")
+    assert nodes[second].kwargs["out"].args[0] is nodes[first] if channels % 8 == 0 else \
+        nodes[second].kwargs["out"] is nodes[first]
+    assert (packed(fast, "conv_a").out_channel_offset, packed(fast, "conv_b").out_channel_offset) == \
+        ((channels, 0) if swapped else (0, channels))
     bits = packed_from(fast, "conv_next")
     if channels % 8:
         assert bits is None and packed(fast, "conv_a").next_groups == 0
@@ -1004,12 +1016,13 @@ def test_bits_handed_over_through_a_concatenation(channels, stride, swapped, pat
 
 
 def test_hand_over_through_a_concatenation_survives_the_file(tmp_path, monkeypatch):
-    model, x, fast = converted(("cat into conv", 8, 2, True),
+    model, x, fast = converted(("cat into conv", 8, 2, True, 1, 10),
                                lambda: binarized(CatIntoConv(8, 2, True), SIGN_XNOR, seed=80),
                                example((8, 7, 10, 2), seed=81))
     fast.save(tmp_path / "cat.bnn")
     loaded = load_inference(tmp_path / "cat.bnn")
-    assert packed(loaded, "conv_a").next_channel_offset == 8 and packed_from(loaded, "conv_next") is not None
+    assert packed(loaded, "conv_a").next_channel_offset == packed(loaded, "conv_a").out_channel_offset == 8
+    assert packed_from(loaded, "conv_next") is not None and "cat" not in call_nodes(loaded)
     for path in PATHS:
         if runs_here(path):
             use_path(path, monkeypatch)

@@ -124,7 +124,7 @@ def test_handed_over_words_written_whole_with_one_group(cout, next_stride, width
         def conv(stride_of_next):  # (3x3, stride 1, padding 1, one group; packing into all_ones)
             return ext.binary_conv2d(packed, width, weight, 40, cout, 3, 3, 1, 1, 1, 1, 1, 1, 1, codes, params, None,
                                      False, second.threshold, second.direction, 1, stride_of_next, cout, 0, all_ones,
-                                     isa)
+                                     cout, 0, None, isa)
         out, bits = conv(next_stride)
         assert bits.data_ptr() == all_ones.data_ptr()
         assert same_bits(bits, second, out, path), path
@@ -176,7 +176,7 @@ def test_packed_word_width(cin, groups):
         other = packed.to(torch.int64 if narrow else torch.int32)
         with pytest.raises(RuntimeError, match=f"packed input must be .* words for {cin // groups} channels per group"):
             ext.binary_conv2d(other, 9, weight, cin, 16, 3, 3, 1, 1, 1, 1, 1, 1, groups, codes, params, None, False,
-                              None, None, 0, 0, 16, 0, None, isa)
+                              None, None, 0, 0, 16, 0, None, 16, 0, None, isa)
 
 
 # 7x7-like maps: rows of at most 8 output pixels (one vector per row on AVX-512), on the 64-bit path, with

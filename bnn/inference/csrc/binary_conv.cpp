@@ -46,6 +46,9 @@ inline bool half_words(int64_t cin_g) { return cin_g <= 32; }
 struct ConvShape {
   int64_t n, h, w, groups, wg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cout, cout_g, cob, cin_g, wp;  // cob = 8 B
   int64_t word_bytes;  // of the packed input's words: 8, or 4 (packed_word_bytes)
+  // the output tensor's channels, and the first of them this layer writes (out_c > cout when other layers, whose
+  // outputs the network concatenates, write the others); the residual has this layer's cout channels
+  int64_t out_c, out_off;
   // the weight words of output channel c0 (of group g), for tap 0 and word 0: then + (tap * wg + word) * 8
   int64_t weight_offset(int64_t g, int64_t c0) const { return ((g * (cob / 8) + c0 / 8) * kh * kw * wg) * 8 + c0 % 8; }
   // the packed input's word `words` words on from `in`
@@ -142,7 +145,8 @@ struct Epilogue {
 // first pixel ow0 (valid outputs left from there), or the task's tile; and the bytes of the next layer's packed
 // input (PackOut::row of the pixels' first row), or null. In a row (image_pixels = 0), out and residual point at
 // the block's first output; flat over the batch (conv_tasks_flat), at image 0's pixel 0 of channel co0, and the
-// block's first pixel is pixel `local` of image `image` (images of image_pixels outputs, image_stride apart).
+// block's first pixel is pixel `local` of image `image` (images of image_pixels outputs, image_stride apart in
+// the output, residual_image_stride in the residual: the output may have more channels, ConvShape::out_c).
 struct BlockOut {
   const Epilogue* e;
   int64_t co0, channels, channel_stride, valid, ow0;
@@ -152,7 +156,7 @@ struct BlockOut {
   int32_t* tile;
   int64_t tile_stride;
   uint8_t* bits;
-  int64_t image_pixels, image_stride, image, local;
+  int64_t image_pixels, image_stride, image, local, residual_image_stride;
 };
 
 // Lane masks of vectors of `lanes` lanes, as arrays of bytes: one byte a mask for up to 8 lanes, two (a
@@ -390,7 +394,7 @@ inline void store_i32(int32_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<
 // per run, the offset (from BlockOut::out) of its lane 0, and its lanes.
 struct Runs {
   int count;
-  int64_t offset[17];
+  int64_t offset[17], residual_offset[17];
   __mmask16 mask[17];
 };
 inline void pixel_runs(const BlockOut& out, int q, __mmask16 m, Runs& runs) {
@@ -404,22 +408,24 @@ inline void pixel_runs(const BlockOut& out, int q, __mmask16 m, Runs& runs) {
     const int64_t run = std::min<int64_t>(16 - lane, out.image_pixels - local);
     const unsigned lanes = ((1u << run) - 1) << lane;
     runs.offset[runs.count] = image * out.image_stride + local - lane;
+    runs.residual_offset[runs.count] = image * out.residual_image_stride + local - lane;
     runs.mask[runs.count++] = static_cast<__mmask16>(m & lanes);
     lane += static_cast<int>(run);
   }
 }
 
 // The epilogue of 16 pixels (from pixel 16 q of the block, `lanes` of them valid, mask m) x 8 channels, whose
-// float sums are in f; kAcross: pixels of two or more images (runs), else of one, from BlockOut::out + first.
+// float sums are in f; kAcross: pixels of two or more images (runs), else of one, from BlockOut::out + first
+// (and BlockOut::residual + residual_first).
 template <bool kAcross>
 __attribute__((always_inline)) inline void finish_pixels_of(__m512 (&f)[kChannels], int q, int64_t lanes,
                                                             __mmask16 m, const BlockOut& out, int64_t first,
-                                                            const Runs* runs) {
+                                                            int64_t residual_first, const Runs* runs) {
   const Epilogue& e = *out.e;
   const int64_t channels = out.channels, channel_stride = out.channel_stride, steps = e.steps, prm_stride = e.channels;
   const int64_t* const codes = e.codes;
   float* const dst = out.out + first;
-  const float* const residual = out.residual ? out.residual + first : nullptr;
+  const float* const residual = out.residual ? out.residual + residual_first : nullptr;
   uint8_t* const bits_row = out.bits;
   // per step, one branch, then the 8 channels' vectors in registers; a channel past the block's end (its
   // parameters and residual would be past the arrays' ends) reads channel 0's and is never stored
@@ -440,7 +446,7 @@ __attribute__((always_inline)) inline void finish_pixels_of(__m512 (&f)[kChannel
           for (int c = 0; c < channels; ++c) {
             __m512 r = _mm512_setzero_ps();
             for (int k = 0; k < runs->count; ++k)
-              r = _mm512_mask_loadu_ps(r, runs->mask[k], out.residual + runs->offset[k] + c * channel_stride);
+              r = _mm512_mask_loadu_ps(r, runs->mask[k], out.residual + runs->residual_offset[k] + c * channel_stride);
             f[c] = _mm512_add_ps(f[c], r);
           }
         } else {
@@ -526,16 +532,17 @@ __attribute__((always_inline)) inline void finish_pixels_across(const __m512 (&s
   pixel_runs(out, q, m, runs);
   __m512 f[kChannels];
   for (int c = 0; c < kChannels; ++c) f[c] = sums[c];
-  finish_pixels_of<true>(f, q, lanes, m, out, 0, &runs);
+  finish_pixels_of<true>(f, q, lanes, m, out, 0, 0, &runs);
 }
 
 // The epilogue of 16 pixels x 8 channels (finish_pixels_of), their outputs in a row or flat over the batch.
 __attribute__((always_inline)) inline void finish_pixels(__m512 (&f)[kChannels], int q, int64_t lanes, __mmask16 m,
                                                          const BlockOut& out) {
   if (out.image_pixels == 0) {
-    finish_pixels_of<false>(f, q, lanes, m, out, q * 16, nullptr);
+    finish_pixels_of<false>(f, q, lanes, m, out, q * 16, q * 16, nullptr);
   } else if (out.local + q * 16 + lanes <= out.image_pixels) {  // (its valid lanes within one image)
-    finish_pixels_of<false>(f, q, lanes, m, out, out.image * out.image_stride + out.local + q * 16, nullptr);
+    finish_pixels_of<false>(f, q, lanes, m, out, out.image * out.image_stride + out.local + q * 16,
+                            out.image * out.residual_image_stride + out.local + q * 16, nullptr);
   } else {
     finish_pixels_across(f, q, lanes, m, out);
   }
@@ -771,7 +778,7 @@ static void pack_output_bytes(const float* out, const ConvShape& s, const PackOu
       for (int64_t c0 = 0; c0 < s.cout; c0 += 8) {
         std::fill(bytes.begin(), bytes.end(), 0);
         for (int64_t l = 0; l < std::min<int64_t>(8, s.cout - c0); ++l) {
-          const float* x = out + ((n * s.cout + c0 + l) * s.ho + oh) * s.wo;
+          const float* x = out + ((n * s.out_c + s.out_off + c0 + l) * s.ho + oh) * s.wo;
           for (int64_t ow = 0; ow < s.wo; ++ow)
             bytes[ow] |= static_cast<uint8_t>(threshold_bit(x[ow], pack.threshold[c0 + l], pack.direction[c0 + l]) << l);
         }
@@ -787,7 +794,7 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     torch::Tensor step_params, c10::optional<torch::Tensor> residual, bool out_over_residual,
     c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction, int64_t next_groups,
     int64_t next_stride, int64_t next_channels, int64_t next_channel_offset, c10::optional<torch::Tensor> packed_out,
-    int64_t isa) {
+    int64_t out_channels, int64_t out_channel_offset, c10::optional<torch::Tensor> out_into, int64_t isa) {
   TORCH_CHECK(weight.dim() == 6 && weight.scalar_type() == torch::kInt64, "packed weight must be [G,B,KH,KW,WG,8] int64");
   TORCH_CHECK(groups >= 1 && cin % groups == 0 && cout % groups == 0, "the groups must divide the channels");
   const Isa chosen = capped_isa(isa);
@@ -836,7 +843,28 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
   }
   // over the residual: each element of it is read by the epilogue that then writes the same element
   TORCH_CHECK(!out_over_residual || needs_residual, "the output can go over the residual only when a step adds it");
-  const torch::Tensor out = out_over_residual ? res : torch::empty(out_sizes, torch::dtype(torch::kFloat32));
+  // the output: [N, out_channels, Ho, Wo], this layer's channels from out_channel_offset (out_channels > cout:
+  // other layers write the others, the first one allocating it, the next ones given it as out_into)
+  TORCH_CHECK(out_channel_offset >= 0 && out_channels >= out_channel_offset + cout,
+              "the output's channels ", out_channel_offset, " .. ", out_channel_offset + cout - 1,
+              " for this layer are not among its ", out_channels);
+  TORCH_CHECK(!out_into.has_value() || out_channels != cout, "an output to write into is for a layer that writes "
+              "some channels of it");
+  TORCH_CHECK(!out_over_residual || out_channels == cout, "the output goes over the residual only when it is "
+              "this layer's alone");
+  const std::vector<int64_t> all_sizes{s.n, out_channels, s.ho, s.wo};
+  torch::Tensor out;
+  if (out_over_residual) {
+    out = res;
+  } else if (out_into.has_value()) {
+    out = *out_into;
+    TORCH_CHECK(out.sizes() == all_sizes && out.scalar_type() == torch::kFloat32 && out.is_contiguous(),
+                "the output to write into must be contiguous float32 ", c10::IntArrayRef(all_sizes));
+  } else {
+    out = torch::empty(all_sizes, torch::dtype(torch::kFloat32));
+  }
+  s.out_c = out_channels;
+  s.out_off = out_channel_offset;
   // the next binary layer's input, packed by the epilogue: [G', WG', N, Ho, SW', WP'] words, G' and SW' the next
   // layer's groups and stride; every block of 8 output channels must fall in one byte of one group's words
   PackOut pack{};
@@ -921,7 +949,7 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
       else portable::conv_tasks(s, in, wt, run, outp, parts, by_words, begin, end);
     });
   }
-  if (pack_after && pack.channel_offset == 0 && pack.cin_g * pack.groups == cout)
+  if (pack_after && pack.channel_offset == 0 && pack.cin_g * pack.groups == cout && out_channels == cout)
     pack_into(outp, s.n, cout, s.ho, s.wo, pack.threshold, pack.direction, pack.groups, pack.sw, chosen, pack.data);
   else if (pack_after)
     pack_output_bytes(outp, s, pack);

@@ -286,21 +286,22 @@ inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, c
         const int64_t in_row = g * s.wg * word_stride + (rows > 0 ? (n * s.h + row_first[oh]) * row_words : 0);
         const int64_t* row_valid = n_valid.data() + rows * wo_pad;
         const float* row_valid_f = n_valid_f.data() + rows * wo_pad;
-        const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
+        const int64_t co0 = g * s.cout_g + c0, offset = ((n * s.out_c + s.out_off + co0) * s.ho + oh) * s.wo;
+        const int64_t residual_offset = ((n * s.cout + co0) * s.ho + oh) * s.wo;
         uint8_t* const bits_row = e.pack ? pack_base + unit * pack_row_bytes : nullptr;
         const uint64_t* const wt_block = wt + s.weight_offset(g, c0);
         for (const Block& blk : row_blocks) {
           const int64_t ow0 = blk.first_vector * kLanes;
           const BlockOut block{&e, co0, channels, s.ho * s.wo, s.wo - ow0, ow0, row_valid_f + ow0, out + offset + ow0,
-                               e.residual ? e.residual + offset + ow0 : nullptr,
-                               tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row, 0, 0, 0, 0};
+                               e.residual ? e.residual + residual_offset + ow0 : nullptr,
+                               tile_data ? tile_data + ow0 : nullptr, wo_pad, bits_row, 0, 0, 0, 0, 0};
           plan.fns[blk.vectors](s.input_word(in, in_row + ow0), tap_in.data() + first, tap_w.data() + first,
                                 tap_col.data() + first, taps, s.wg, word_stride, 8, wt_block,
                                 masks.data() + blk.first_unit * s.kw * mask_size, s.kw, row_valid + ow0, block);
         }
 #ifndef BNN_DIRECT_EPILOGUE
         finish_tile(e, tile.data(), ftile.data(), wo_pad, s.wo, channels, co0, out + offset,
-                    e.residual ? e.residual + offset : nullptr, s.ho * s.wo, bits_row);
+                    e.residual ? e.residual + residual_offset : nullptr, s.ho * s.wo, bits_row);
 #endif
       }
     }
@@ -361,8 +362,9 @@ inline void conv_tasks_flat(const ConvShape& s, const FlatGeometry& geo, const v
             ++block_image;
           }
           const BlockOut block{&e, co0, channels, image_pixels, pixels - q0, q0, geo.n_valid_f.data() + q0,
-                               out + co0 * image_pixels, e.residual ? e.residual + co0 * image_pixels : nullptr,
-                               nullptr, 0, bits, image_pixels, s.cout * image_pixels, block_image, block_local};
+                               out + (s.out_off + co0) * image_pixels,
+                               e.residual ? e.residual + co0 * image_pixels : nullptr, nullptr, 0, bits, image_pixels,
+                               s.out_c * image_pixels, block_image, block_local, s.cout * image_pixels};
           const uint8_t* const masks =
               geo.masks.data() + (chunk * chunk_units + blk.first_unit) * ktaps * geo.mask_bytes;
           plan.fns[blk.vectors](s.input_word(in_g, q0), geo.tap_in.data() + first, geo.tap_w.data() + first,

@@ -20,13 +20,15 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
 // -> (output, the next layer's packed input: when next_stride > 0, into packed_out if given, else a new tensor;
 // undefined otherwise). The output channels are the next layer's input channels next_channel_offset ... of its
 // next_channels (more than cout when other layers, whose outputs the network concatenates, write the others).
+// Likewise the output: [N, out_channels, Ho, Wo], this layer's channels from out_channel_offset, into out_into when
+// given (another layer's channels already there), else a new tensor.
 std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     torch::Tensor packed, int64_t in_width, torch::Tensor weight, int64_t cin, int64_t cout, int64_t kh, int64_t kw,
     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, torch::Tensor step_codes,
     torch::Tensor step_params, c10::optional<torch::Tensor> residual, bool out_over_residual,
     c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction, int64_t next_groups,
     int64_t next_stride, int64_t next_channels, int64_t next_channel_offset, c10::optional<torch::Tensor> packed_out,
-    int64_t isa);
+    int64_t out_channels, int64_t out_channel_offset, c10::optional<torch::Tensor> out_into, int64_t isa);
 
 // pooling.cpp: float32 NCHW pooling, bit-identical to F.max_pool2d / F.avg_pool2d (ATen's NCHW CPU kernels)
 torch::Tensor max_pool2d_nchw(torch::Tensor x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
