@@ -267,13 +267,7 @@ def _hand_over_through_cats(gm: torch.fx.GraphModule, calls) -> int:
     of layers that hand over their bits so."""
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
     linked = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not torch.cat:
-            continue
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or dim not in (1, -3):
-            continue
+    for node, tensors in _channel_cats(gm):
         producers = [_bits_producer(gm, t, calls) for t in tensors]
         consumers = [user for user in node.users
                      if user.op == "call_module" and user.args and user.args[0] is node and "packed" not in user.kwargs
@@ -295,6 +289,20 @@ def _hand_over_through_cats(gm: torch.fx.GraphModule, calls) -> int:
         _give_bits(gm, consumers, first, bits)
         linked += len(tensors)
     return linked
+
+
+def _channel_cats(gm: torch.fx.GraphModule):
+    """``(node, tensors)`` for each ``torch.cat`` of two or more tensors along the channels of a float 4-d
+    tensor (the nodes listed first: the caller may change the graph)."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.cat:
+            continue
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        meta = node.meta.get("tensor_meta")
+        if (isinstance(tensors, (list, tuple)) and len(tensors) >= 2 and dim in (1, -3) and meta is not None
+                and len(getattr(meta, "shape", ())) == 4 and meta.dtype == torch.float32):
+            yield node, list(tensors)
 
 
 def _bits_producer(gm: torch.fx.GraphModule, node, calls) -> Optional[PackedBinaryConv2d]:
@@ -343,15 +351,7 @@ def write_into_concatenations(gm: torch.fx.GraphModule) -> int:
     calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
     count = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not torch.cat:
-            continue
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        meta = node.meta.get("tensor_meta")
-        if (not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or dim not in (1, -3) or meta is None
-                or len(getattr(meta, "shape", ())) != 4 or meta.dtype != torch.float32):
-            continue
+    for node, tensors in _channel_cats(gm):
         calls_of = [_concatenated_call(gm, t, calls) for t in tensors]
         if any(call is None for call in calls_of) or any(len(t.users) != 1 for t in tensors):
             continue
