@@ -310,7 +310,9 @@ class PackedBinaryConv2d(_Epilogue):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, {self._epilogue_repr()}"
-                + (", packs the next layer's input" if self.next_groups else ""))
+                + (", packs the next layer's input" if self.next_groups else "")
+                + (f", writes channels {self.out_channel_offset}..{self.out_channel_offset + self.out_channels - 1} "
+                   f"of a concatenation of {self.out_channels_total}" if self.out_channels_total else ""))
 
 
 class PackedBinaryLinear(_Epilogue):

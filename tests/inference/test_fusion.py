@@ -1003,6 +1003,8 @@ def test_bits_handed_over_through_a_concatenation(channels, stride, swapped, k, 
         nodes[second].kwargs["out"] is nodes[first]
     assert (packed(fast, "conv_a").out_channel_offset, packed(fast, "conv_b").out_channel_offset) == \
         ((channels, 0) if swapped else (0, channels))
+    assert f"writes channels 0..{channels - 1} of a concatenation of {2 * channels}" in \
+        repr(packed(fast, "conv_b" if swapped else "conv_a"))
     bits = packed_from(fast, "conv_next")
     if channels % 8:
         assert bits is None and packed(fast, "conv_a").next_groups == 0
