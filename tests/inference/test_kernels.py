@@ -66,7 +66,7 @@ def reference_bits(layer, x):
 
 def same_bits(bits, layer, x, path):
     """Whether ``bits``, packed by ``path``, are ``layer``'s packed input for ``x`` (reference_bits), in words of
-    that path's width for the layer: int32 where the AVX-512 half-word path runs it (compared as the low halves
+    that path's width for the layer: int32 where the half-word path runs it (compared as the low halves
     of int64 words), else int64."""
     isa = kernels.ISA_CODES[path]
     word_bytes = kernels.extension().packed_word_bytes(layer.in_channels // layer.groups, isa)
@@ -139,7 +139,7 @@ def test_handing_over_needs_whole_bytes_of_channels():
         packed_conv(8, 12, 3, 1, 1, 1, 1, seed=0).hand_bits_to(packed_conv(12, 12, 3, 1, 1, 1, 3, seed=1))
 
 
-# groups of at most 32 input channels take the AVX-512 half-word path (32-bit lanes, 16 pixels per vector):
+# groups of at most 32 input channels take the half-word path (32-bit lanes, 16 pixels per AVX-512 vector):
 # rows of several of its register blocks (up to 48 pixels each), odd and even counts of 8-pixel vectors, and
 # the bits it hands to the next layer; 33 channels per group is the first count the 64-bit path takes again
 @pytest.mark.parametrize("cin, groups", [(32, 1), (17, 1), (64, 2), (33, 1)])
@@ -158,8 +158,8 @@ def test_wide_rows_of_narrow_groups(cin, groups, width, stride, monkeypatch):
         assert torch.equal(out, expected) and same_bits(bits, second, out, path), path
 
 
-# the AVX-512 path packs groups of at most 32 channels in 32-bit words (its half-word path reads them so), every
-# other path and wider groups in 64-bit words; a convolution given words of the other width says so
+# the AVX-512 and AVX2 paths pack groups of at most 32 channels in 32-bit words (their half-word paths read them
+# so), the portable path and wider groups in 64-bit words; a convolution given words of the other width says so
 @pytest.mark.parametrize("cin, groups", [(32, 1), (64, 2), (33, 1), (64, 1)])
 def test_packed_word_width(cin, groups):
     ext = kernels.extension()
@@ -168,7 +168,7 @@ def test_packed_word_width(cin, groups):
     weight, codes, params = layer._kernel_args()
     for path in PATHS:
         isa = kernels.ISA_CODES[path]
-        narrow = path == "avx512" and cin // groups <= 32
+        narrow = path in ("avx2", "avx512") and cin // groups <= 32
         assert ext.packed_word_bytes(cin // groups, isa) == (4 if narrow else 8)
         packed = ext.pack_input(x, layer.threshold, layer.direction, groups, 1, isa)
         assert packed.dtype == (torch.int32 if narrow else torch.int64)
@@ -327,7 +327,7 @@ def packed_linear(cin, cout, seed):
 
 
 # the linear layer runs as a 1x1 convolution over its input's rows: any leading shape, unbatched, one row,
-# rows across SIMD vectors and register blocks, features off the word size (20: the AVX-512 half-word path, on
+# rows across SIMD vectors and register blocks, features off the word size (20: the half-word path, on
 # 32-bit words)
 @pytest.mark.parametrize("shape", [(70,), (1, 70), (5, 70), (2, 3, 70), (64, 70), (41, 70), (0, 70)])
 @pytest.mark.parametrize("features", [(70, 13), (64, 8), (130, 37), (20, 9)])

@@ -1,11 +1,12 @@
-// Packed binary convolution on the CPU: XNOR-popcount over 64-bit words (on AVX-512, over 32-bit words when a
-// group has at most 32 input channels), three code paths chosen at run time (AVX-512 with VPOPCNTDQ, AVX2,
+// Packed binary convolution on the CPU: XNOR-popcount over 64-bit words (on AVX-512 and AVX2, over 32-bit words
+// when a group has at most 32 input channels), three code paths chosen at run time (AVX-512 with VPOPCNTDQ, AVX2,
 // portable C++), threads from ATen's pool (torch.get_num_threads()).
 //
 // Layouts (int64 words, bit i of a word = channel 64 * word + i of the group, 1 = +1):
 //   packed input  [G, WG, N, H, SW, WP]       WG = ceil(C_in / G / 64), SW the stride, WP = ceil(W / SW); int32
-//                                             words where the AVX-512 path runs groups of at most 32 channels
-//                                             (packed_word_bytes): half the memory, and 16 pixels to a vector
+//                                             words where the AVX-512 or AVX2 path runs groups of at most 32
+//                                             channels (packed_word_bytes): half the memory, and twice the
+//                                             pixels to a vector
 //   packed weight [G, B, KH, KW, WG, 8]       B = ceil(C_out / G / 8) blocks of 8 output channels, zero bits in
 //                                             padding: the weights of a block are one contiguous stream
 // The input is a plane of words per group and word of 64 channels, its rows those of every image in turn: in
@@ -39,8 +40,8 @@
 namespace bnn {
 namespace {
 
-// Groups of at most 32 input channels: on AVX-512, the half-word path (32-bit lanes) runs them, on input words
-// of 32 bits (packed_word_bytes).
+// Groups of at most 32 input channels: on AVX-512 and AVX2, the half-word path (32-bit lanes) runs them, on
+// input words of 32 bits (packed_word_bytes).
 inline bool half_words(int64_t cin_g) { return cin_g <= 32; }
 
 struct ConvShape {
@@ -359,7 +360,66 @@ inline void store_i32(int32_t* p, Vec v) {
   const __m256i low_halves = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(low_halves));
 }
+
+// Groups of at most 32 input channels (half_words), in 32-bit words: 8 pixels' words make one vector of 32-bit
+// lanes, twice the pixels of a vector of 64-bit words, whose high halves would be zero. The same sums as
+// dot_block, into the task's tile, for P vectors of 4 pixels (taken in pairs: units of 8 lanes, one mask byte
+// each); one word per tap, the low half of each weight word. A lane's popcount is Mula's nibble lookup, its 4
+// bytes summed by two multiply-adds with ones.
+template <int P>
+inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
+                           int64_t taps, int64_t, int64_t, int64_t, const uint64_t* wt, const void* mask_data,
+                           int64_t mask_stride, const int64_t* n_valid, const BlockOut& out) {
+  const uint8_t* const masks = static_cast<const uint8_t*>(mask_data);
+  constexpr int Q = (P + 1) / 2;
+  const __m256i lookup = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f), ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  __m256i acc[Q][kChannels];
+  for (int q = 0; q < Q; ++q)
+    for (int c = 0; c < kChannels; ++c) acc[q][c] = _mm256_setzero_si256();
+  for (int64_t t = 0; t < taps; ++t) {
+    const int32_t* a = static_cast<const int32_t*>(in) + tap_in[t];
+    const uint64_t* w = wt + tap_w[t];
+    __m256i m[Q], x[Q];
+    for (int q = 0; q < Q; ++q) {  // (an odd P's last 4 lanes: past the row, their mask bits 0)
+      const __m256i bits = _mm256_set1_epi32(masks[q * mask_stride + tap_mask[t]]);
+      m[q] = _mm256_cmpeq_epi32(_mm256_and_si256(bits, lane_bits), lane_bits);
+      x[q] = _mm256_maskload_epi32(a + q * 8, m[q]);
+    }
+    for (int c = 0; c < kChannels; ++c) {
+      const __m256i wv = _mm256_set1_epi32(static_cast<int32_t>(w[c]));
+      for (int q = 0; q < Q; ++q) {
+        const __m256i v = _mm256_xor_si256(x[q], wv);
+        const __m256i lo = _mm256_shuffle_epi8(lookup, _mm256_and_si256(v, low));
+        const __m256i hi = _mm256_shuffle_epi8(lookup, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+        const __m256i count = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_add_epi8(lo, hi), ones8), ones16);
+        acc[q][c] = _mm256_add_epi32(acc[q][c], _mm256_and_si256(count, m[q]));
+      }
+    }
+  }
+  // n_valid - 2 * popcounts, into the tile: 8 lanes a unit, the 4 of an odd P's last unit
+  for (int q = 0; q < Q; ++q) {
+    const bool whole = 2 * q + 1 < P;
+    const __m256i nv_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(n_valid + q * 8));
+    const __m256i nv_hi = whole ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(n_valid + q * 8 + 4)) : nv_lo;
+    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m256i nv = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(nv_lo, pick),
+                                          _mm256_permutevar8x32_epi32(nv_hi, pick), 0xf0);
+    for (int c = 0; c < kChannels; ++c) {
+      const __m256i sums = _mm256_sub_epi32(nv, _mm256_add_epi32(acc[q][c], acc[q][c]));
+      int32_t* const dst = out.tile + c * out.tile_stride + q * 8;
+      if (whole) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), sums);
+      else _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(sums));
+    }
+  }
+}
+// The half-word path's blocks: up to 4 vectors of 4 pixels (2 vectors of 8 lanes, 8 accumulators).
+#define BNN_HALF_WORDS
+constexpr int kHalfPixelVectors = 4;
 #include "conv_kernel.h"
+#undef BNN_HALF_WORDS
 }  // namespace avx2
 #pragma GCC pop_options
 
@@ -710,7 +770,7 @@ void copy_words(const uint64_t* block, int64_t np, int64_t p0, int64_t stride_w,
 }  // namespace
 
 int64_t packed_word_bytes(int64_t channels_per_group, int64_t isa) {
-  return capped_isa(isa) == Isa::avx512 && half_words(channels_per_group) ? 4 : 8;
+  return capped_isa(isa) != Isa::portable && half_words(channels_per_group) ? 4 : 8;
 }
 
 // The tensor type of packed words of `word_bytes` bytes

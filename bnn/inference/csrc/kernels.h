@@ -13,7 +13,8 @@ Isa capped_isa(int64_t requested);
 
 // binary_conv.cpp
 // The bytes of a packed input's words for a layer of `channels_per_group` input channels per group on code path
-// `isa` (capped): 4 (int32 words) where the AVX-512 half-word path runs it (at most 32 channels), else 8 (int64).
+// `isa` (capped): 4 (int32 words) where the AVX-512 or AVX2 half-word path runs it (at most 32 channels), else 8
+// (int64).
 int64_t packed_word_bytes(int64_t channels_per_group, int64_t isa);
 torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor direction, int64_t groups,
                          int64_t stride_w, int64_t isa);
