@@ -158,6 +158,26 @@ def test_wide_rows_of_narrow_groups(cin, groups, width, stride, monkeypatch):
         assert torch.equal(out, expected) and same_bits(bits, second, out, path), path
 
 
+# kernels of more taps than a byte holds counts of (the AVX2 half-word path keeps byte counts, summing them
+# every 31 taps): 7x7 and 6x6 on narrow groups, 7x7 on a 64-bit word, against the reference
+# (and every input bit against every weight bit: the most counts a byte can take, 8 a tap)
+@pytest.mark.parametrize("cin, groups, k", [(32, 1, 7), (16, 2, 6), (8, 1, (7, 5)), (64, 1, 7)])
+@pytest.mark.parametrize("all_against", [False, True])
+def test_kernels_of_many_taps(cin, groups, k, all_against, monkeypatch):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    if all_against:  # (inputs all above their thresholds, weights all -1)
+        thresholds = ChannelThresholds(torch.zeros(cin), torch.ones(cin, dtype=torch.int8))
+        layer = PackedBinaryConv2d(thresholds, -torch.ones(12, cin // groups, kh, kw), (1, 1), (kh // 2, kw // 2),
+                                   (1, 1), groups, scale=torch.ones(12))
+        x = torch.ones(2, cin, 9, 21)
+    else:
+        layer = packed_conv(cin, 12, k, 1, (kh // 2, kw // 2), 1, groups, seed=cin)
+        x = torch.randn(2, cin, 9, 21, generator=torch.Generator().manual_seed(kh * kw))
+    expected = run(layer, x, "reference", monkeypatch)
+    for path in PATHS:
+        assert torch.equal(run(layer, x, path, monkeypatch), expected), path
+
+
 # the AVX-512 and AVX2 paths pack groups of at most 32 channels in 32-bit words (their half-word paths read them
 # so), the portable path and wider groups in 64-bit words; a convolution given words of the other width says so
 @pytest.mark.parametrize("cin, groups", [(32, 1), (64, 2), (33, 1), (64, 1)])

@@ -364,22 +364,33 @@ inline void store_i32(int32_t* p, Vec v) {
 // Groups of at most 32 input channels (half_words), in 32-bit words: 8 pixels' words make one vector of 32-bit
 // lanes, twice the pixels of a vector of 64-bit words, whose high halves would be zero. The same sums as
 // dot_block, into the task's tile, for P vectors of 4 pixels (taken in pairs: units of 8 lanes, one mask byte
-// each); one word per tap, the low half of each weight word. A lane's popcount is Mula's nibble lookup, its 4
-// bytes summed by two multiply-adds with ones.
+// each); one word per tap, the low half of each weight word. Popcounts by Mula's nibble lookup, kept as byte
+// counts (at most 8 a tap: 31 taps fit in a byte) and summed into the lanes' 32 bits, by two multiply-adds with
+// ones, every 31 taps and at the end.
 template <int P>
 inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
                            int64_t taps, int64_t, int64_t, int64_t, const uint64_t* wt, const void* mask_data,
                            int64_t mask_stride, const int64_t* n_valid, const BlockOut& out) {
   const uint8_t* const masks = static_cast<const uint8_t*>(mask_data);
   constexpr int Q = (P + 1) / 2;
+  constexpr int64_t kTapsPerByte = 31;
   const __m256i lookup = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i low = _mm256_set1_epi8(0x0f), ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  __m256i acc[Q][kChannels];
+  __m256i sums[Q][kChannels], counts[Q][kChannels];
   for (int q = 0; q < Q; ++q)
-    for (int c = 0; c < kChannels; ++c) acc[q][c] = _mm256_setzero_si256();
+    for (int c = 0; c < kChannels; ++c) sums[q][c] = counts[q][c] = _mm256_setzero_si256();
+  const auto flush = [&] {  // byte counts into the 32-bit sums
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int q = 0; q < Q; ++q)
+      for (int c = 0; c < kChannels; ++c) {
+        sums[q][c] = _mm256_add_epi32(sums[q][c], _mm256_madd_epi16(_mm256_maddubs_epi16(counts[q][c], ones8), ones16));
+        counts[q][c] = _mm256_setzero_si256();
+      }
+  };
   for (int64_t t = 0; t < taps; ++t) {
+    if (t > 0 && t % kTapsPerByte == 0) flush();
     const int32_t* a = static_cast<const int32_t*>(in) + tap_in[t];
     const uint64_t* w = wt + tap_w[t];
     __m256i m[Q], x[Q];
@@ -394,11 +405,11 @@ inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t*
         const __m256i v = _mm256_xor_si256(x[q], wv);
         const __m256i lo = _mm256_shuffle_epi8(lookup, _mm256_and_si256(v, low));
         const __m256i hi = _mm256_shuffle_epi8(lookup, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-        const __m256i count = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_add_epi8(lo, hi), ones8), ones16);
-        acc[q][c] = _mm256_add_epi32(acc[q][c], _mm256_and_si256(count, m[q]));
+        counts[q][c] = _mm256_add_epi8(counts[q][c], _mm256_and_si256(_mm256_add_epi8(lo, hi), m[q]));
       }
     }
   }
+  flush();
   // n_valid - 2 * popcounts, into the tile: 8 lanes a unit, the 4 of an odd P's last unit
   for (int q = 0; q < Q; ++q) {
     const bool whole = 2 * q + 1 < P;
@@ -408,10 +419,10 @@ inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t*
     const __m256i nv = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(nv_lo, pick),
                                           _mm256_permutevar8x32_epi32(nv_hi, pick), 0xf0);
     for (int c = 0; c < kChannels; ++c) {
-      const __m256i sums = _mm256_sub_epi32(nv, _mm256_add_epi32(acc[q][c], acc[q][c]));
+      const __m256i result = _mm256_sub_epi32(nv, _mm256_add_epi32(sums[q][c], sums[q][c]));
       int32_t* const dst = out.tile + c * out.tile_stride + q * 8;
-      if (whole) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), sums);
-      else _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(sums));
+      if (whole) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), result);
+      else _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(result));
     }
   }
 }
