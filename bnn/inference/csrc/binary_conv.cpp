@@ -344,15 +344,16 @@ inline Vec mload(const uint64_t* p, Mask m) {
 }
 inline Vec vbcast(uint64_t v) { return _mm256_set1_epi64x(static_cast<long long>(v)); }
 inline Vec vxor(Vec a, Vec b) { return _mm256_xor_si256(a, b); }
-inline Vec vpopcnt(Vec v) {
-  // Mula's nibble lookup: popcount of each byte, then the sums of 8 bytes per 64-bit lane
+// Mula's nibble lookup: the popcount of each byte of v (at most 8), in bytes
+inline __m256i byte_popcounts(__m256i v) {
   const __m256i lookup = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);
-  const __m256i lo = _mm256_shuffle_epi8(lookup, _mm256_and_si256(v, low));
-  const __m256i hi = _mm256_shuffle_epi8(lookup, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-  return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lookup, _mm256_and_si256(v, low)),
+                         _mm256_shuffle_epi8(lookup, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
 }
+// the popcounts of the 64-bit lanes: the byte counts, summed 8 to a lane
+inline Vec vpopcnt(Vec v) { return _mm256_sad_epu8(byte_popcounts(v), _mm256_setzero_si256()); }
 inline Vec vadd(Vec a, Vec b) { return _mm256_add_epi64(a, b); }
 inline Vec vsub(Vec a, Vec b) { return _mm256_sub_epi64(a, b); }
 inline Vec macc(Vec acc, Mask m, Vec v) { return _mm256_add_epi64(acc, _mm256_and_si256(v, m)); }
@@ -374,9 +375,6 @@ inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t*
   const uint8_t* const masks = static_cast<const uint8_t*>(mask_data);
   constexpr int Q = (P + 1) / 2;
   constexpr int64_t kTapsPerByte = 31;
-  const __m256i lookup = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   __m256i sums[Q][kChannels], counts[Q][kChannels];
   for (int q = 0; q < Q; ++q)
@@ -402,10 +400,8 @@ inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t*
     for (int c = 0; c < kChannels; ++c) {
       const __m256i wv = _mm256_set1_epi32(static_cast<int32_t>(w[c]));
       for (int q = 0; q < Q; ++q) {
-        const __m256i v = _mm256_xor_si256(x[q], wv);
-        const __m256i lo = _mm256_shuffle_epi8(lookup, _mm256_and_si256(v, low));
-        const __m256i hi = _mm256_shuffle_epi8(lookup, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-        counts[q][c] = _mm256_add_epi8(counts[q][c], _mm256_and_si256(_mm256_add_epi8(lo, hi), m[q]));
+        counts[q][c] =
+            _mm256_add_epi8(counts[q][c], _mm256_and_si256(byte_popcounts(_mm256_xor_si256(x[q], wv)), m[q]));
       }
     }
   }
