@@ -158,10 +158,12 @@ def test_wide_rows_of_narrow_groups(cin, groups, width, stride, monkeypatch):
         assert torch.equal(out, expected) and same_bits(bits, second, out, path), path
 
 
-# kernels of more taps than a byte holds counts of (the AVX2 half-word path keeps byte counts, summing them
-# every 31 taps): 7x7 and 6x6 on narrow groups, 7x7 on a 64-bit word, against the reference
-# (and every input bit against every weight bit: the most counts a byte can take, 8 a tap)
-@pytest.mark.parametrize("cin, groups, k", [(32, 1, 7), (16, 2, 6), (8, 1, (7, 5)), (64, 1, 7)])
+# kernels of more taps or words than a byte holds counts of (the AVX2 half-word path keeps byte counts, summing
+# them every 31 taps; its path for taps of two or more words, every 31 words): 7x7 and 6x6 on narrow groups, 7x7
+# on a 64-bit word, 5x5 on two words (50 words a pixel), 4x4 on groups of three words (48), against the reference
+# (and every input bit against every weight bit: the most counts a byte can take, 8 a tap or word)
+@pytest.mark.parametrize("cin, groups, k", [(32, 1, 7), (16, 2, 6), (8, 1, (7, 5)), (64, 1, 7), (128, 1, 5),
+                                            (260, 2, 4)])
 @pytest.mark.parametrize("all_against", [False, True])
 def test_kernels_of_many_taps(cin, groups, k, all_against, monkeypatch):
     kh, kw = (k, k) if isinstance(k, int) else k

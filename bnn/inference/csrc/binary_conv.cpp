@@ -352,8 +352,11 @@ inline __m256i byte_popcounts(__m256i v) {
   return _mm256_add_epi8(_mm256_shuffle_epi8(lookup, _mm256_and_si256(v, low)),
                          _mm256_shuffle_epi8(lookup, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
 }
+// the sums of each 64-bit lane's 8 bytes
+inline Vec sum_bytes(Vec v) { return _mm256_sad_epu8(v, _mm256_setzero_si256()); }
+inline Vec add_bytes(Vec counts, Mask m, Vec v) { return _mm256_add_epi8(counts, _mm256_and_si256(v, m)); }
 // the popcounts of the 64-bit lanes: the byte counts, summed 8 to a lane
-inline Vec vpopcnt(Vec v) { return _mm256_sad_epu8(byte_popcounts(v), _mm256_setzero_si256()); }
+inline Vec vpopcnt(Vec v) { return sum_bytes(byte_popcounts(v)); }
 inline Vec vadd(Vec a, Vec b) { return _mm256_add_epi64(a, b); }
 inline Vec vsub(Vec a, Vec b) { return _mm256_sub_epi64(a, b); }
 inline Vec macc(Vec acc, Mask m, Vec v) { return _mm256_add_epi64(acc, _mm256_and_si256(v, m)); }
@@ -424,8 +427,10 @@ inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t*
 }
 // The half-word path's blocks: up to 4 vectors of 4 pixels (2 vectors of 8 lanes, 8 accumulators).
 #define BNN_HALF_WORDS
+#define BNN_BYTE_COUNTS
 constexpr int kHalfPixelVectors = 4;
 #include "conv_kernel.h"
+#undef BNN_BYTE_COUNTS
 #undef BNN_HALF_WORDS
 }  // namespace avx2
 #pragma GCC pop_options
