@@ -8,7 +8,7 @@ layer: per-channel scale (a shift when it is a power of two), bias, output scale
 the epilogue are those of the fake-binarized layer in eval mode, in the same order, so the outputs agree
 exactly.
 """
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -253,6 +253,46 @@ class PackedBinaryConv2d(_Epilogue):
     #: works on axis 1, the channels of a batch but not of an unbatched input, so only batches are accepted.
     batched_only: bool = False
 
+    def _prepare_call(self, ext) -> Any:
+        """The kernel call with this layer's fixed arguments kept (the extension's ``ConvCall``), made once and
+        reused: each call then passes only the input, the residual and the tensors to write into. A call returns
+        None, running nothing, once a tensor it was made from changed in place (``load_state_dict`` copies into the
+        buffers); setting an attribute or a buffer, or moving the layer (``_apply``), drops it. Either way the next
+        call prepares a new one."""
+        weight, codes, params = self._kernel_args()
+        b = self._buffers
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        sources = [b[name] for name in ("weight_bits", "scale", "bias", "fused_codes", "fused_params", "next_threshold",
+                                        "next_direction") if b.get(name) is not None]
+        call = ext.ConvCall(weight, [self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw, self.groups],
+                            codes, params, self.overwrites_residual, b.get("next_threshold"), b.get("next_direction"),
+                            [self.next_groups, self.next_stride, self.next_channels or self.out_channels,
+                             self.next_channel_offset, self.out_channels_total or self.out_channels,
+                             self.out_channel_offset], sources)
+        self.__dict__["_conv_call"] = call  # (not through __setattr__, which drops it)
+        return call
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__.pop("_conv_call", None)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.pop("_conv_call", None)
+        super().__delattr__(name)
+
+    def register_buffer(self, name: str, tensor: Optional[torch.Tensor], persistent: bool = True) -> None:
+        self.__dict__.pop("_conv_call", None)
+        super().register_buffer(name, tensor, persistent)
+
+    def _apply(self, *args, **kwargs):
+        self.__dict__.pop("_conv_call", None)
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # (the prepared call, the extension's object, is made again after a copy)
+        state.pop("_conv_call", None)
+        return state
+
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 packed: Optional[torch.Tensor] = None, packed_out: Optional[torch.Tensor] = None,
                 out: Optional[torch.Tensor] = None):
@@ -277,17 +317,15 @@ class PackedBinaryConv2d(_Epilogue):
         next_threshold = buffers.get("next_threshold")
         bits_out = None
         if isa is not None and (rb is None or rb.dtype == torch.float32):
-            weight, codes, params = self._kernel_args()
-            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
             if packed is None:
-                packed = ext.pack_input(x4, buffers["threshold"], buffers["direction"], self.groups, sw, isa)
+                packed = ext.pack_input(x4, buffers["threshold"], buffers["direction"], self.groups, self.stride[1],
+                                        isa)
             r4 = None if rb is None else (rb.unsqueeze(2) if self.conv1d else rb)
-            out, bits_out = ext.binary_conv2d(
-                packed, x4.shape[3], weight, self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
-                self.groups, codes, params, r4, self.overwrites_residual and r4 is not None, next_threshold,
-                buffers.get("next_direction"), self.next_groups, self.next_stride,
-                self.next_channels or self.out_channels, self.next_channel_offset, packed_out,
-                self.out_channels_total or self.out_channels, self.out_channel_offset, into, isa)
+            call = self.__dict__.get("_conv_call")
+            result = None if call is None else call(packed, x4.shape[3], r4, packed_out, into, isa)
+            if result is None:  # (not prepared yet, or a tensor it was made from changed in place)
+                result = self._prepare_call(ext)(packed, x4.shape[3], r4, packed_out, into, isa)
+            out, bits_out = result
             if self.conv1d:
                 out = out.squeeze(2)
             if post is not None and not self.emit_dot:

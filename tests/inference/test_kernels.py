@@ -1,5 +1,7 @@
 """The compiled kernels against the PyTorch reference: bit-identical outputs on every code path (AVX-512,
 AVX2, portable), odd shapes, batch sizes 1 to 64, one and two threads."""
+import copy
+
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -309,6 +311,49 @@ def test_buffers_changed_in_place_reach_the_kernels(monkeypatch):
     expected = run(layer, x, "reference", monkeypatch)
     for path in PATHS:
         assert torch.equal(run(layer, x, path, monkeypatch), expected), path
+
+
+def test_a_prepared_call_follows_its_layer(monkeypatch):
+    """A layer keeps its kernel call prepared (its fixed arguments: weights, epilogue, hand-over): an attribute set,
+    a step fused, a hand-over set up, the next layer's thresholds changed in place, the layer copied or moved
+    through dtypes, after the layer ran, must all reach the kernels."""
+    layer, second = packed_conv(64, 24, 3, 1, 1, 1, 1, seed=3), packed_conv(24, 16, 3, 1, 1, 1, 1, seed=4)
+    x = torch.randn(2, 64, 6, 9, generator=torch.Generator().manual_seed(5))
+    for path in PATHS:
+        run(layer, x, path, monkeypatch)  # (prepares the call)
+    for emit_dot in (True, False):  # (an attribute, not a buffer: the sums alone, then the epilogue again)
+        layer.emit_dot = emit_dot
+        expected = run(layer, x, "reference", monkeypatch)
+        for path in PATHS:
+            assert torch.equal(run(layer, x, path, monkeypatch), expected), (path, emit_dot)
+    layer.fuse("add", torch.randn(24, generator=torch.Generator().manual_seed(6)))
+    expected = run(layer, x, "reference", monkeypatch)
+    for path in PATHS:
+        assert torch.equal(run(layer, x, path, monkeypatch), expected), path
+    layer.hand_bits_to(second)
+    expected, _ = run(layer, x, "reference", monkeypatch)
+    for path in PATHS:
+        out, bits = run(layer, x, path, monkeypatch)
+        assert torch.equal(out, expected) and same_bits(bits, second, out, path), path
+    with torch.no_grad():  # the next layer's thresholds, changed in both layers
+        layer.next_threshold.add_(0.25)
+        second.threshold.add_(0.25)
+    for path in PATHS:
+        out, bits = run(layer, x, path, monkeypatch)
+        assert torch.equal(out, expected) and same_bits(bits, second, out, path), path
+    clone = copy.deepcopy(layer)
+    with torch.no_grad():
+        clone.scale.mul_(2.0)
+    expected_clone, _ = run(clone, x, "reference", monkeypatch)
+    for path in PATHS:
+        assert torch.equal(run(clone, x, path, monkeypatch)[0], expected_clone), path
+        assert torch.equal(run(layer, x, path, monkeypatch)[0], expected), path
+    layer.double().float()  # (new buffers, of the same values; then one of them changed)
+    with torch.no_grad():
+        layer.scale.mul_(3.0)
+    expected, _ = run(layer, x, "reference", monkeypatch)
+    for path in PATHS:
+        assert torch.equal(run(layer, x, path, monkeypatch)[0], expected), path
 
 
 def test_the_setting_is_read_at_every_call(monkeypatch):

@@ -25,6 +25,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bytes of a packed input's words for that many channels per group on that code path: 4 (int32) or 8 (int64)");
   m.def("pack_input", &bnn::pack_input, "threshold and pack a float NCHW tensor into [G,WG,N,H,SW,WP] words");
   m.def("binary_conv2d", &bnn::binary_conv2d, "packed binary conv2d with a fused epilogue (and the next binary layer's packed input)");
+  pybind11::class_<bnn::ConvCall>(m, "ConvCall", "binary_conv2d with a layer's fixed arguments kept (kernels.h)")
+      .def(pybind11::init<torch::Tensor, std::vector<int64_t>, torch::Tensor, torch::Tensor, bool,
+                          c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, std::vector<int64_t>,
+                          std::vector<torch::Tensor>>())
+      .def("stale", &bnn::ConvCall::stale, "whether a source tensor changed in place since it was prepared")
+      .def("__call__", &bnn::ConvCall::operator(), "(packed, in_width, residual, packed_out, out_into, isa) -> "
+           "(output, next layer's packed input), as binary_conv2d; None, running nothing, when stale");
   m.def("max_pool2d_nchw", &bnn::max_pool2d_nchw, "F.max_pool2d of a float32 NCHW tensor, bit-identical");
   m.def("avg_pool2d_nchw", &bnn::avg_pool2d_nchw, "F.avg_pool2d of a float32 NCHW tensor, bit-identical");
 }

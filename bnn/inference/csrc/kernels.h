@@ -1,7 +1,9 @@
 // The functions of the bnn kernel extension, one source file each (bindings.cpp exposes them to Python).
 #pragma once
 #include <torch/extension.h>
+#include <array>
 #include <cstdint>
+#include <vector>
 
 namespace bnn {
 
@@ -30,6 +32,32 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
     c10::optional<torch::Tensor> next_threshold, c10::optional<torch::Tensor> next_direction, int64_t next_groups,
     int64_t next_stride, int64_t next_channels, int64_t next_channel_offset, c10::optional<torch::Tensor> packed_out,
     int64_t out_channels, int64_t out_channel_offset, c10::optional<torch::Tensor> out_into, int64_t isa);
+
+// conv_call.cpp: binary_conv2d with a layer's fixed arguments kept. geometry: (cin, cout, kh, kw, sh, sw, ph, pw,
+// dh, dw, groups); outputs: (next_groups, next_stride, next_channels, next_channel_offset, out_channels,
+// out_channel_offset); sources: the tensors the weight and the epilogue program were made from. A call returns
+// nothing, and runs nothing, once a source has changed in place (its version counter moved): the caller then
+// prepares a new ConvCall. The output goes over the residual when out_over_residual and a residual is given.
+class ConvCall {
+ public:
+  ConvCall(torch::Tensor weight, std::vector<int64_t> geometry, torch::Tensor step_codes, torch::Tensor step_params,
+           bool out_over_residual, c10::optional<torch::Tensor> next_threshold,
+           c10::optional<torch::Tensor> next_direction, std::vector<int64_t> outputs,
+           std::vector<torch::Tensor> sources);
+  bool stale() const;
+  c10::optional<std::tuple<torch::Tensor, torch::Tensor>> operator()(
+      torch::Tensor packed, int64_t in_width, c10::optional<torch::Tensor> residual,
+      c10::optional<torch::Tensor> packed_out, c10::optional<torch::Tensor> out_into, int64_t isa) const;
+
+ private:
+  torch::Tensor weight_, step_codes_, step_params_;
+  std::array<int64_t, 11> geometry_{};
+  bool out_over_residual_;
+  c10::optional<torch::Tensor> next_threshold_, next_direction_;
+  std::array<int64_t, 6> outputs_{};
+  std::vector<torch::Tensor> sources_;
+  std::vector<int64_t> versions_;
+};
 
 // pooling.cpp: float32 NCHW pooling, bit-identical to F.max_pool2d / F.avg_pool2d (ATen's NCHW CPU kernels)
 torch::Tensor max_pool2d_nchw(torch::Tensor x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
