@@ -16,7 +16,7 @@ def median_times(contenders: Dict[str, Callable[[], Any]], repeats: int, warmup:
 
     ``settle`` (seconds): in every round, each contender first runs untimed (at least once) until that much
     time has passed, so that its timed runs do not pay for the one before it. The core's speed depends on
-    what it ran last: on the Zen 4 of docs/benchmarks.md, a binary convolution runs 35-50% slower in the first
+    what it ran last: on the Xeon of docs/benchmarks.md, a binary convolution runs 35-50% slower in the first
     1.5 ms after a float convolution (AVX-512 multiply-adds), and 5-10% slower up to some 6 ms after it, than
     after its own runs.
 
