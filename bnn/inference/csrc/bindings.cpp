@@ -25,7 +25,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bytes of a packed input's words for that many channels per group on that code path: 4 (int32) or 8 (int64)");
   m.def("pack_input", &bnn::pack_input, "threshold and pack a float NCHW tensor into [G,WG,N,H,SW,WP] words");
   m.def("binary_conv2d", &bnn::binary_conv2d, "packed binary conv2d with a fused epilogue (and the next binary layer's packed input)");
-  pybind11::class_<bnn::ConvCall>(m, "ConvCall", "binary_conv2d with a layer's fixed arguments kept (kernels.h)")
+  // (module_local: builds of other sources, under other names, can be loaded in the same process)
+  pybind11::class_<bnn::ConvCall>(m, "ConvCall", pybind11::module_local(),
+                                  "binary_conv2d with a layer's fixed arguments kept (kernels.h)")
       .def(pybind11::init<torch::Tensor, std::vector<int64_t>, torch::Tensor, torch::Tensor, bool,
                           c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, std::vector<int64_t>,
                           std::vector<torch::Tensor>>())
