@@ -8,7 +8,7 @@ layer: per-channel scale (a shift when it is a power of two), bias, output scale
 the epilogue are those of the fake-binarized layer in eval mode, in the same order, so the outputs agree
 exactly.
 """
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -157,6 +157,52 @@ class _Epilogue(nn.Module):
                                            (weight, scale, bias, codes, params))
         return cached[1]
 
+    def _call_settings(self) -> Tuple[List[int], bool, List[int]]:
+        """The layer's fixed arguments of ``binary_conv2d`` besides its weights and epilogue program, as the
+        extension's ``ConvCall`` takes them: ``(geometry, output over the residual, outputs)``."""
+        raise NotImplementedError
+
+    def _run_kernels(self, ext: Any, packed: torch.Tensor, width: int, residual: Optional[torch.Tensor],
+                     packed_out: Optional[torch.Tensor], into: Optional[torch.Tensor], isa: int):
+        """``binary_conv2d`` on the packed input, through the layer's prepared call (its fixed arguments kept:
+        the extension's ``ConvCall``), made at the first call and again after any change to the layer. A call
+        returns None, running nothing, once a tensor it was made from changed in place (``load_state_dict``
+        copies into the buffers); setting an attribute or a buffer, or moving the layer (``_apply``), drops it."""
+        call = self.__dict__.get("_conv_call")
+        result = None if call is None else call(packed, width, residual, packed_out, into, isa)
+        if result is None:  # (not prepared yet, or a tensor it was made from changed in place)
+            weight, codes, params = self._kernel_args()
+            b = self._buffers
+            geometry, over_residual, outputs = self._call_settings()
+            sources = [b[name] for name in ("weight_bits", "scale", "bias", "fused_codes", "fused_params",
+                                            "next_threshold", "next_direction") if b.get(name) is not None]
+            call = ext.ConvCall(weight, geometry, codes, params, over_residual, b.get("next_threshold"),
+                                b.get("next_direction"), outputs, sources)
+            self.__dict__["_conv_call"] = call  # (not through __setattr__, which drops it)
+            result = call(packed, width, residual, packed_out, into, isa)
+        return result
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__.pop("_conv_call", None)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.pop("_conv_call", None)
+        super().__delattr__(name)
+
+    def register_buffer(self, name: str, tensor: Optional[torch.Tensor], persistent: bool = True) -> None:
+        self.__dict__.pop("_conv_call", None)
+        super().register_buffer(name, tensor, persistent)
+
+    def _apply(self, *args, **kwargs):
+        self.__dict__.pop("_conv_call", None)
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # (the prepared call, the extension's object, is made again after a copy)
+        state.pop("_conv_call", None)
+        return state
+
     def _epilogue_repr(self) -> str:
         scale = "shift" if self.scale_is_shift else ("multiply" if self.scale is not None else "none")
         fused = [step for step, _ in self.fused_steps()]
@@ -253,45 +299,12 @@ class PackedBinaryConv2d(_Epilogue):
     #: works on axis 1, the channels of a batch but not of an unbatched input, so only batches are accepted.
     batched_only: bool = False
 
-    def _prepare_call(self, ext) -> Any:
-        """The kernel call with this layer's fixed arguments kept (the extension's ``ConvCall``), made once and
-        reused: each call then passes only the input, the residual and the tensors to write into. A call returns
-        None, running nothing, once a tensor it was made from changed in place (``load_state_dict`` copies into the
-        buffers); setting an attribute or a buffer, or moving the layer (``_apply``), drops it. Either way the next
-        call prepares a new one."""
-        weight, codes, params = self._kernel_args()
-        b = self._buffers
+    def _call_settings(self) -> Tuple[List[int], bool, List[int]]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        sources = [b[name] for name in ("weight_bits", "scale", "bias", "fused_codes", "fused_params", "next_threshold",
-                                        "next_direction") if b.get(name) is not None]
-        call = ext.ConvCall(weight, [self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw, self.groups],
-                            codes, params, self.overwrites_residual, b.get("next_threshold"), b.get("next_direction"),
-                            [self.next_groups, self.next_stride, self.next_channels or self.out_channels,
-                             self.next_channel_offset, self.out_channels_total or self.out_channels,
-                             self.out_channel_offset], sources)
-        self.__dict__["_conv_call"] = call  # (not through __setattr__, which drops it)
-        return call
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self.__dict__.pop("_conv_call", None)
-        super().__setattr__(name, value)
-
-    def __delattr__(self, name: str) -> None:
-        self.__dict__.pop("_conv_call", None)
-        super().__delattr__(name)
-
-    def register_buffer(self, name: str, tensor: Optional[torch.Tensor], persistent: bool = True) -> None:
-        self.__dict__.pop("_conv_call", None)
-        super().register_buffer(name, tensor, persistent)
-
-    def _apply(self, *args, **kwargs):
-        self.__dict__.pop("_conv_call", None)
-        return super()._apply(*args, **kwargs)
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # (the prepared call, the extension's object, is made again after a copy)
-        state.pop("_conv_call", None)
-        return state
+        geometry = [self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw, self.groups]
+        outputs = [self.next_groups, self.next_stride, self.next_channels or self.out_channels,
+                   self.next_channel_offset, self.out_channels_total or self.out_channels, self.out_channel_offset]
+        return geometry, self.overwrites_residual, outputs
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 packed: Optional[torch.Tensor] = None, packed_out: Optional[torch.Tensor] = None,
@@ -321,11 +334,7 @@ class PackedBinaryConv2d(_Epilogue):
                 packed = ext.pack_input(x4, buffers["threshold"], buffers["direction"], self.groups, self.stride[1],
                                         isa)
             r4 = None if rb is None else (rb.unsqueeze(2) if self.conv1d else rb)
-            call = self.__dict__.get("_conv_call")
-            result = None if call is None else call(packed, x4.shape[3], r4, packed_out, into, isa)
-            if result is None:  # (not prepared yet, or a tensor it was made from changed in place)
-                result = self._prepare_call(ext)(packed, x4.shape[3], r4, packed_out, into, isa)
-            out, bits_out = result
+            out, bits_out = self._run_kernels(ext, packed, x4.shape[3], r4, packed_out, into, isa)
             if self.conv1d:
                 out = out.squeeze(2)
             if post is not None and not self.emit_dot:
@@ -369,6 +378,10 @@ class PackedBinaryLinear(_Epilogue):
     def _conv_geometry(self):
         return self.out_features, self.in_features, (1, 1), 1
 
+    def _call_settings(self) -> Tuple[List[int], bool, List[int]]:
+        return [self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1], False, [0, 0, self.out_features, 0,
+                                                                                         self.out_features, 0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ext, isa = kernels.active() if x.device.type == "cpu" and x.dtype == torch.float32 else (None, None)
         if isa is None or x.numel() == 0:
@@ -377,13 +390,10 @@ class PackedBinaryLinear(_Epilogue):
             return self._finish(dot, x)
         # on the kernels, as a 1x1 convolution whose pixels are the input's rows: (M, in) -> (1, in, 1, M),
         # so that the SIMD lanes run over rows
-        weight, codes, params = self._kernel_args()
         rows = x.reshape(-1, self.in_features)
         m = rows.shape[0]
         packed = ext.pack_input(rows.t().reshape(1, self.in_features, 1, m), self.threshold, self.direction, 1, 1, isa)
-        out, _ = ext.binary_conv2d(packed, m, weight, self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1,
-                                   codes, params, None, False, None, None, 0, 0, self.out_features, 0, None,
-                                   self.out_features, 0, None, isa)
+        out, _ = self._run_kernels(ext, packed, m, None, None, None, isa)
         # contiguous, as the reference's: what follows (a float linear layer, say) may round differently on
         # another memory layout
         out = out.view(self.out_features, m).t().contiguous().view(*x.shape[:-1], self.out_features)

@@ -408,3 +408,20 @@ def test_linear_on_every_path_matches_the_reference(shape, features, monkeypatch
         out = run(layer, x, path, monkeypatch)
         assert torch.equal(out, expected), path
         assert out.is_contiguous(), path  # as the reference's: a float layer after it may round by layout
+
+
+def test_a_linear_layers_prepared_call_follows_it(monkeypatch):
+    """The linear layer keeps its kernel call prepared too: its scale changed in place, its bias and its scale
+    replaced (by assignment, and by register_buffer) and a step fused after it ran must reach the kernels."""
+    layer = packed_linear(70, 13, seed=11)
+    x = torch.randn(5, 70, generator=torch.Generator().manual_seed(12))
+    for path in PATHS:
+        run(layer, x, path, monkeypatch)  # (prepares the call)
+    for change in (lambda: layer.scale.mul_(2.0), lambda: setattr(layer, "bias", torch.randn(13)),
+                   lambda: layer.register_buffer("scale", torch.rand(13) + 0.5),
+                   lambda: layer.fuse("prelu", torch.rand(13))):
+        with torch.no_grad():
+            change()
+        expected = run(layer, x, "reference", monkeypatch)
+        for path in PATHS:
+            assert torch.equal(run(layer, x, path, monkeypatch), expected), path
