@@ -140,8 +140,7 @@ class _Epilogue(nn.Module):
         """The weights in the kernels' layout and the epilogue program, computed once per set of buffers and
         their contents: a buffer replaced, or changed in place (``load_state_dict`` copies into the buffers, which
         bumps their version counters), recomputes them."""
-        # (this runs at every call, after a kernel has evicted the interpreter's data from the caches: no
-        # nn.Module.__getattr__, no generator; one tuple of ints compared)
+        # (runs when a layer prepares its kernel call: _run_kernels)
         b = self._buffers
         weight, scale, bias = b["weight_bits"], b["scale"], b["bias"]
         codes, params = b["fused_codes"], b["fused_params"]
@@ -379,8 +378,8 @@ class PackedBinaryLinear(_Epilogue):
         return self.out_features, self.in_features, (1, 1), 1
 
     def _call_settings(self) -> Tuple[List[int], bool, List[int]]:
-        return [self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1], False, [0, 0, self.out_features, 0,
-                                                                                         self.out_features, 0]
+        geometry = [self.in_features, self.out_features, 1, 1, 1, 1, 0, 0, 1, 1, 1]  # (a 1x1 convolution)
+        return geometry, False, [0, 0, self.out_features, 0, self.out_features, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ext, isa = kernels.active() if x.device.type == "cpu" and x.dtype == torch.float32 else (None, None)

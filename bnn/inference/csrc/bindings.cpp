@@ -31,7 +31,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(pybind11::init<torch::Tensor, std::vector<int64_t>, torch::Tensor, torch::Tensor, bool,
                           c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, std::vector<int64_t>,
                           std::vector<torch::Tensor>>())
-      .def("stale", &bnn::ConvCall::stale, "whether a source tensor changed in place since it was prepared")
       .def("__call__", &bnn::ConvCall::operator(), "(packed, in_width, residual, packed_out, out_into, isa) -> "
            "(output, next layer's packed input), as binary_conv2d; None, running nothing, when stale");
   m.def("max_pool2d_nchw", &bnn::max_pool2d_nchw, "F.max_pool2d of a float32 NCHW tensor, bit-identical");

@@ -1,8 +1,8 @@
-// A packed convolution's kernel call, prepared once per layer (bnn/inference/modules.py): the weights, the epilogue
-// program and the next layer's settings kept, so that each call passes only what changes (the input, its width,
-// the residual, the tensors to write into, the code path). A layer calls binary_conv2d some 30 times a second per
-// ms of work; after a kernel has evicted Python's objects from the caches, the attribute reads and the 30
-// arguments' conversions of a call made from Python cost several microseconds.
+// A packed layer's kernel call, prepared once (bnn/inference/modules.py): the weights, the epilogue program and
+// the next layer's settings kept, so that each call passes only what changes (the input, its width, the residual,
+// the tensors to write into, the code path). After a kernel has evicted Python's objects from the caches, the
+// attribute reads and the conversions of binary_conv2d's 30 arguments in a call from Python cost several
+// microseconds.
 #include "kernels.h"
 
 namespace bnn {
