@@ -137,24 +137,12 @@ class _Epilogue(nn.Module):
         raise NotImplementedError
 
     def _kernel_args(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The weights in the kernels' layout and the epilogue program, computed once per set of buffers and
-        their contents: a buffer replaced, or changed in place (``load_state_dict`` copies into the buffers, which
-        bumps their version counters), recomputes them."""
-        # (runs when a layer prepares its kernel call: _run_kernels)
-        b = self._buffers
-        weight, scale, bias = b["weight_bits"], b["scale"], b["bias"]
-        codes, params = b["fused_codes"], b["fused_params"]
-        key = (id(weight), weight._version, id(scale), -1 if scale is None else scale._version, id(bias),
-               -1 if bias is None else bias._version, id(codes), codes._version, id(params), params._version,
-               self.emit_dot)
-        cached = self.__dict__.get("_kernel_cache")
-        if cached is None or cached[0] != key:
-            out_channels, in_channels, kernel_size, groups = self._conv_geometry()
-            layout = kernels.conv_weight_layout(weight, out_channels, in_channels, kernel_size, groups)
-            # (the tensors are kept with the key: while cached, their ids cannot pass to new tensors)
-            cached = self._kernel_cache = (key, (layout,) + self.epilogue_program(),
-                                           (weight, scale, bias, codes, params))
-        return cached[1]
+        """The weights in the kernels' layout and the epilogue program, made when the layer prepares its kernel
+        call (:meth:`_run_kernels`, which keeps them until the layer changes)."""
+        out_channels, in_channels, kernel_size, groups = self._conv_geometry()
+        layout = kernels.conv_weight_layout(self._buffers["weight_bits"], out_channels, in_channels, kernel_size,
+                                            groups)
+        return (layout,) + self.epilogue_program()
 
     def _call_settings(self) -> Tuple[List[int], bool, List[int]]:
         """The layer's fixed arguments of ``binary_conv2d`` besides its weights and epilogue program, as the
