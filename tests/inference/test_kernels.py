@@ -83,13 +83,18 @@ def same_bits(bits, layer, x, path):
 @given(cout_groups=st.sampled_from([(8, 1), (37, 1), (64, 1), (72, 1), (130, 1), (16, 2), (48, 3), (64, 8)]),
        next_groups=st.sampled_from([1, 2, 8]), k=st.sampled_from([1, 3]), next_k=st.sampled_from([1, 2, 3]),
        stride=st.integers(1, 2), next_stride=st.integers(1, 3), width=st.integers(4, 40),
-       height=st.integers(3, 7), seed=st.integers(0, 99))
+       height=st.integers(3, 7), seed=st.integers(0, 99),
+       directions=st.sampled_from(["random", "all x >= t", "all x >= t but one"]))
 def test_handed_over_bits_match_the_next_layers_own_packing(cout_groups, next_groups, k, next_k, stride,
-                                                           next_stride, width, height, seed):
+                                                           next_stride, width, height, seed, directions):
     cout, groups = cout_groups
     assume(cout % next_groups == 0 and (next_groups == 1 or (cout // next_groups) % 8 == 0))
     first = packed_conv(16, cout, k, stride, k // 2, 1, groups if 16 % groups == 0 else 1, seed)
     second = packed_conv(cout, 24, next_k, next_stride, next_k // 2, 1, next_groups, seed + 1)
+    if directions != "random":  # (the AVX-512 epilogue has a path of its own for 8 channels all x >= t)
+        second.direction.fill_(1)
+        if directions == "all x >= t but one":
+            second.direction[seed % cout] = seed % 2 - 1  # (x <= t, or a constant channel)
     first.hand_bits_to(second)
     x = torch.randn(2, 16, height, width, generator=torch.Generator().manual_seed(seed))
     with pytest.MonkeyPatch.context() as mp:
