@@ -36,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 namespace bnn {
@@ -707,11 +708,8 @@ inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t*
   const uint16_t* const masks = static_cast<const uint16_t*>(mask_data);
   constexpr int Q = (P + 1) / 2;
   __m512i acc[Q][kChannels];
-#pragma GCC unroll 4
-  for (int q = 0; q < Q; ++q)
-#pragma GCC unroll 16
-    for (int c = 0; c < kChannels; ++c) acc[q][c] = _mm512_setzero_si512();
-  for (int64_t t = 0; t < taps; ++t) {
+  // tap t's popcounts, added to the accumulators, or their first values (first: std::true_type)
+  const auto run_tap = [&](int64_t t, auto first) __attribute__((always_inline)) {
     const uint16_t* tap_masks = masks + tap_mask[t];
     const uint32_t* a = static_cast<const uint32_t*>(in) + tap_in[t];
     const uint64_t* w = wt + tap_w[t];
@@ -726,10 +724,24 @@ inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t*
     for (int c = 0; c < kChannels; ++c) {
       const __m512i wv = _mm512_set1_epi32(static_cast<int32_t>(w[c]));
 #pragma GCC unroll 4
-      for (int q = 0; q < Q; ++q)
-        acc[q][c] = _mm512_add_epi32(acc[q][c], _mm512_maskz_popcnt_epi32(m[q], _mm512_xor_si512(x[q], wv)));
+      for (int q = 0; q < Q; ++q) {
+        const __m512i count = _mm512_maskz_popcnt_epi32(m[q], _mm512_xor_si512(x[q], wv));
+        if constexpr (decltype(first)::value) acc[q][c] = count;
+        else acc[q][c] = _mm512_add_epi32(acc[q][c], count);
+      }
     }
+  };
+  // the accumulators start from the first tap's counts rather than from zero: 24 moves and 24 adds fewer a block
+  // (32@112 1.5-2.5% faster; on the 64-bit path, dot_block, the same was 1% slower)
+  if (taps > 0) {
+    run_tap(0, std::true_type{});
+  } else {
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 16
+      for (int c = 0; c < kChannels; ++c) acc[q][c] = _mm512_setzero_si512();
   }
+  for (int64_t t = 1; t < taps; ++t) run_tap(t, std::false_type{});
   __m512i sums[Q][kChannels];  // (a copy: the accumulators' address is not taken, so they stay in registers)
 #pragma GCC unroll 4
   for (int q = 0; q < Q; ++q)
