@@ -1,6 +1,8 @@
 """The compiled kernels against the PyTorch reference: bit-identical outputs on every code path (AVX-512,
 AVX2, portable), odd shapes, batch sizes 1 to 64, one and two threads."""
 import copy
+import ctypes
+import mmap
 
 import pytest
 import torch
@@ -75,6 +77,40 @@ def same_bits(bits, layer, x, path):
     assert bits.dtype == (torch.int32 if word_bytes == 4 else torch.int64), (path, bits.dtype)
     words = bits.to(torch.int64) & 0xFFFFFFFF if word_bytes == 4 else bits
     return torch.equal(words, reference_bits(layer, x))
+
+
+def guarded_copy(words: torch.Tensor, at_end: bool) -> torch.Tensor:
+    """``words`` copied into memory that ends (``at_end``) or starts at a page no access is allowed to: a read past
+    the copy's end, or before its start, kills the process."""
+    page = mmap.PAGESIZE
+    nbytes = words.numel() * words.element_size()
+    pages = -(-nbytes // page) + 2
+    memory = mmap.mmap(-1, pages * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for guard in (base, base + (pages - 1) * page):
+        assert libc.mprotect(guard, page, 0) == 0, ctypes.get_errno()  # (PROT_NONE)
+    start = (pages - 1) * page - nbytes if at_end else page
+    copy = torch.frombuffer(memory, dtype=words.dtype, offset=start, count=words.numel()).view(words.shape)
+    copy.copy_(words)
+    return copy
+
+
+# the kernels load whole vectors, past a row's end and the input's ends too (masking lanes in the sums alone):
+# an input without storage around it, here memory no access is allowed to right after or before it, is copied
+# into storage that has it (without the copy, the process dies)
+@pytest.mark.parametrize("cin,cout,k,width", [(32, 16, 3, 16), (64, 24, 3, 7), (100, 8, 3, 9), (40, 8, 5, 12),
+                                              (16, 8, 1, 30)])
+@pytest.mark.parametrize("at_end", [True, False])
+def test_an_input_with_nothing_around_it(cin, cout, k, width, at_end, monkeypatch):
+    layer = packed_conv(cin, cout, k, 1, k // 2, 1, 1, seed=cin)
+    x = torch.randn(2, cin, 5, width, generator=torch.Generator().manual_seed(width))
+    for path in PATHS:
+        monkeypatch.setenv("BNN_KERNELS", path)
+        isa = kernels.ISA_CODES[path]
+        packed = kernels.extension().pack_input(x, layer.threshold, layer.direction, 1, 1, isa)
+        assert torch.equal(layer(x, packed=guarded_copy(packed, at_end)), layer(x)), path
 
 
 # a layer that hands its next layer the packed input: the bits equal that layer's own packing of the output

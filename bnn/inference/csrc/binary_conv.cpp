@@ -25,6 +25,7 @@
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -161,6 +162,11 @@ struct BlockOut {
   uint8_t* bits;
   int64_t image_pixels, image_stride, image, local, residual_image_stride;
 };
+
+// The dot functions load whole vectors, masking lanes in the sums alone (dot_block): the words they may reach before
+// a packed input's first word and after its last, on any path (a bound): the taps' rows above and below, their
+// columns, a register block's lanes past the last pixel. The input's storage must reach that far on either side.
+inline int64_t load_reach_words(const ConvShape& s) { return (s.kh * s.dh + 1) * s.sw * s.wp + s.kw * s.dw + 64; }
 
 // Lane masks of vectors of `lanes` lanes, as arrays of bytes: one byte a mask for up to 8 lanes, two (a
 // uint16_t) for up to 16. (The 64-bit path's dot loop reads its masks as bytes: with two-byte masks, their
@@ -317,7 +323,6 @@ constexpr int kPixelVectors = 4, kChannels = 8;
 inline Mask lane_mask(uint8_t bits) { return bits & 1; }
 inline Vec vzero() { return 0; }
 inline Vec vload(const uint64_t* p) { return *p; }
-inline Vec mload(const uint64_t* p, Mask m) { return m ? *p : 0; }
 inline Vec vbcast(uint64_t v) { return v; }
 inline Vec vxor(Vec a, Vec b) { return a ^ b; }
 inline Vec vpopcnt(Vec a) { return static_cast<Vec>(__builtin_popcountll(a)); }
@@ -341,9 +346,6 @@ inline Mask lane_mask(uint8_t bits) {
 }
 inline Vec vzero() { return _mm256_setzero_si256(); }
 inline Vec vload(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline Vec mload(const uint64_t* p, Mask m) {
-  return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p), m);
-}
 inline Vec vbcast(uint64_t v) { return _mm256_set1_epi64x(static_cast<long long>(v)); }
 inline Vec vxor(Vec a, Vec b) { return _mm256_xor_si256(a, b); }
 // Mula's nibble lookup: the popcount of each byte of v (at most 8), in bytes
@@ -400,7 +402,7 @@ inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t*
     for (int q = 0; q < Q; ++q) {  // (an odd P's last 4 lanes: past the row, their mask bits 0)
       const __m256i bits = _mm256_set1_epi32(masks[q * mask_stride + tap_mask[t]]);
       m[q] = _mm256_cmpeq_epi32(_mm256_and_si256(bits, lane_bits), lane_bits);
-      x[q] = _mm256_maskload_epi32(a + q * 8, m[q]);
+      x[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + q * 8));  // (whole vectors, as dot_block loads)
     }
     for (int c = 0; c < kChannels; ++c) {
       const __m256i wv = _mm256_set1_epi32(static_cast<int32_t>(w[c]));
@@ -449,7 +451,6 @@ constexpr int kPixelVectors = 2, kChannels = 8;
 inline Mask lane_mask(uint8_t bits) { return static_cast<__mmask8>(bits); }
 inline Vec vzero() { return _mm512_setzero_si512(); }
 inline Vec vload(const uint64_t* p) { return _mm512_loadu_si512(p); }
-inline Vec mload(const uint64_t* p, Mask m) { return _mm512_maskz_loadu_epi64(m, p); }
 inline Vec vbcast(uint64_t v) { return _mm512_set1_epi64(static_cast<long long>(v)); }
 inline Vec vxor(Vec a, Vec b) { return _mm512_xor_si512(a, b); }
 inline Vec vpopcnt(Vec v) { return _mm512_popcnt_epi64(v); }
@@ -718,7 +719,7 @@ inline void dot_block_half(const void* in, const int64_t* tap_in, const int64_t*
 #pragma GCC unroll 4
     for (int q = 0; q < Q; ++q) {  // (an odd P's last 8 lanes: past the row or the batch, their masks 0)
       m[q] = tap_masks[q * mask_stride];
-      x[q] = _mm512_maskz_loadu_epi32(m[q], a + q * 16);
+      x[q] = _mm512_loadu_si512(a + q * 16);  // (whole vectors, as dot_block loads)
     }
 #pragma GCC unroll 16
     for (int c = 0; c < kChannels; ++c) {
@@ -825,6 +826,28 @@ int64_t packed_word_bytes(int64_t channels_per_group, int64_t isa) {
 // The tensor type of packed words of `word_bytes` bytes
 static torch::ScalarType word_type(int64_t word_bytes) { return word_bytes == 4 ? torch::kInt32 : torch::kInt64; }
 
+// A new tensor of packed words [G, WG, N, H, SW, WP] (zeros when `zeros`), a view into storage that reaches
+// margin_words words further on either side, by default as far as the loads of a layer whose kernel spans at most
+// 3 rows (kh * dh, as 3x3 and 1x1 kernels do) and 64 columns reach: load_reach_words. (Made as at::empty makes a tensor, without its
+// dispatch: through narrow and view, the calls of 128@28 and 256@14, which allocate the next layer's input, took
+// 1-1.5% longer.)
+static torch::Tensor empty_packed(c10::IntArrayRef sizes, torch::ScalarType type, bool zeros, int64_t margin_words = -1) {
+  int64_t numel = 1;
+  for (const int64_t size : sizes) numel *= size;
+  if (margin_words < 0) margin_words = 4 * sizes[4] * sizes[5] + 128;
+  const int64_t item = static_cast<int64_t>(c10::elementSize(type));
+  const size_t bytes = static_cast<size_t>((numel + 2 * margin_words) * item);
+  c10::Allocator* const allocator = c10::GetCPUAllocator();
+  auto storage = c10::make_intrusive<c10::StorageImpl>(c10::StorageImpl::use_byte_size_t(), bytes,
+                                                       allocator->allocate(bytes), allocator, false);
+  auto words = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                                        c10::scalarTypeToTypeMeta(type));
+  words.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+  words.unsafeGetTensorImpl()->set_storage_offset(margin_words);
+  if (zeros) std::memset(words.data_ptr(), 0, static_cast<size_t>(numel * item));
+  return words;
+}
+
 // Compare and pack x (float32 NCHW, contiguous) into words [G, WG, N, H, SW, WP] of packed_word_bytes bytes,
 // WP = ceil(W / SW): the words of a row are split by column phase (column w at phase w % SW, index w / SW), so
 // that a convolution of stride SW finds the words of consecutive output pixels at consecutive addresses. Bit =
@@ -867,8 +890,8 @@ torch::Tensor pack_input(torch::Tensor x, torch::Tensor threshold, torch::Tensor
   TORCH_CHECK(threshold.numel() == c && direction.numel() == c, "one threshold and direction per channel");
   const int64_t wg = (c / groups + 63) / 64, wp = (w + stride_w - 1) / stride_w;
   const auto words_type = word_type(packed_word_bytes(c / groups, isa));
-  auto words = torch::empty({groups, wg, n, h, stride_w, wp}, torch::dtype(words_type));
-  if (stride_w * wp != w) words.zero_();  // the phases' last words past the row's end are never read
+  // (zeros where pack_into writes nothing: the phases' words past the row's end)
+  auto words = empty_packed({groups, wg, n, h, stride_w, wp}, words_type, stride_w * wp != w);
   auto t_c = threshold.contiguous();
   auto d_c = direction.contiguous();
   pack_into(x.data_ptr<float>(), n, c, h, w, t_c.data_ptr<float>(), d_c.data_ptr<int8_t>(), groups, stride_w,
@@ -1021,8 +1044,7 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
               // the phases' words past the row's end, the other layers' channels of a shared input
       const bool written =
           !shared && (pack.whole_words || pack.cin_g % (8 * pack.word_bytes) == 0) && pack.sw * pack.wp == s.wo;
-      bits = written ? torch::empty(bits_sizes, torch::dtype(bits_type))
-                     : torch::zeros(bits_sizes, torch::dtype(bits_type));
+      bits = empty_packed(bits_sizes, bits_type, !written);
     }
     pack.data = static_cast<uint8_t*>(bits.data_ptr());
     pack.threshold = next_t.data_ptr<float>();
@@ -1031,6 +1053,15 @@ std::tuple<torch::Tensor, torch::Tensor> binary_conv2d(
   const Epilogue e{code_p, steps, params.data_ptr<float>(), cout, needs_residual ? res.data_ptr<float>() : nullptr,
                    next_stride > 0 ? &pack : nullptr};
   auto in_c = packed.contiguous();
+  // an input whose storage does not reach load_reach_words on either side (packed by pack_input or an epilogue for
+  // a kernel of more rows, or made elsewhere) is copied into one that does
+  const int64_t reach = load_reach_words(s);
+  if (in_c.storage_offset() < reach ||
+      static_cast<int64_t>(in_c.storage().nbytes()) / word_bytes - in_c.storage_offset() - in_c.numel() < reach) {
+    auto copy = empty_packed(in_c.sizes(), in_c.scalar_type(), false, reach);
+    copy.copy_(in_c);
+    in_c = copy;
+  }
   auto w_c = weight.contiguous();
   const void* in = in_c.data_ptr();
   const uint64_t* wt = reinterpret_cast<const uint64_t*>(w_c.data_ptr<int64_t>());

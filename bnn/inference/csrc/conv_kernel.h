@@ -3,9 +3,9 @@
 // `#pragma GCC target`. No include guard: it is meant to be included several times.
 //
 // The enclosing namespace provides: Vec (kLanes 64-bit lanes), Mask, kPixelVectors (the register block
-// is kPixelVectors vectors of kLanes output pixels x kChannels output channels), lane_mask, mload (masked
-// load, zeros where the mask is off, no fault there), macc (add where the mask is on), vzero, vbcast, vxor,
-// vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32); and, if it defines BNN_DIRECT_EPILOGUE,
+// is kPixelVectors vectors of kLanes output pixels x kChannels output channels), lane_mask, macc (add where the
+// mask is on), vzero, vbcast, vxor, vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32); and, if it
+// defines BNN_DIRECT_EPILOGUE,
 // finish_block, which runs the epilogue on a register block and writes the output and the next layer's
 // bits (else the sums go to a tile, and finish_tile runs the epilogue on it); if it defines BNN_BYTE_COUNTS,
 // byte_popcounts (the popcount of each byte), add_bytes (add bytes where the mask is on) and sum_bytes (a lane's
@@ -38,6 +38,9 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const
 
 // Sums of kChannels output channels for P vectors of pixels over `taps` taps of `wg` words (64-bit: `in` is
 // const uint64_t*). The lanes of vector p that count for tap t: masks[p * mask_stride + tap_mask[t]] (bytes).
+// Whole vectors are loaded, lanes outside the input included (the input's storage reaches on: load_reach_words),
+// and the lanes are masked in the sums alone: masked loads took an ALU operation more each (with them, 128@28,
+// 256@14, 512@7 and 128@56 ran 4.6-6% slower, 32@112 2-4%).
 template <int P>
 inline void dot_block(const void* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
                       int64_t taps, int64_t wg, int64_t in_word_stride, int64_t w_word_stride, const uint64_t* wt,
@@ -57,7 +60,7 @@ inline void dot_block(const void* in, const int64_t* tap_in, const int64_t* tap_
     for (int64_t k = 0; k < wg; ++k) {
       Vec x[P];
 #pragma GCC unroll 8
-      for (int p = 0; p < P; ++p) x[p] = mload(a + k * in_word_stride + p * kLanes, m[p]);
+      for (int p = 0; p < P; ++p) x[p] = vload(a + k * in_word_stride + p * kLanes);
       const uint64_t* wk = w + k * w_word_stride;
 #pragma GCC unroll 16
       for (int c = 0; c < kChannels; ++c) {
@@ -103,7 +106,7 @@ inline void dot_block_bytes(const void* in, const int64_t* tap_in, const int64_t
       if (pending == kWordsPerByte) flush();
       ++pending;
       Vec x[P];
-      for (int p = 0; p < P; ++p) x[p] = mload(a + k * in_word_stride + p * kLanes, m[p]);
+      for (int p = 0; p < P; ++p) x[p] = vload(a + k * in_word_stride + p * kLanes);
       const uint64_t* wk = w + k * w_word_stride;
       for (int c = 0; c < kChannels; ++c) {
         const Vec wv = vbcast(wk[c]);
