@@ -828,9 +828,9 @@ static torch::ScalarType word_type(int64_t word_bytes) { return word_bytes == 4 
 
 // A new tensor of packed words [G, WG, N, H, SW, WP] (zeros when `zeros`), a view into storage that reaches
 // margin_words words further on either side, by default as far as the loads of a layer whose kernel spans at most
-// 3 rows (kh * dh, as 3x3 and 1x1 kernels do) and 64 columns reach: load_reach_words. (Made as at::empty makes a tensor, without its
-// dispatch: through narrow and view, the calls of 128@28 and 256@14, which allocate the next layer's input, took
-// 1-1.5% longer.)
+// 3 rows (kh * dh, as 3x3 and 1x1 kernels do) and 64 columns reach (load_reach_words). Made as at::empty makes a
+// tensor, without its dispatch: made by narrow and view, it cost the calls of 128@28 and 256@14, which allocate
+// the next layer's input, 1-1.5%.
 static torch::Tensor empty_packed(c10::IntArrayRef sizes, torch::ScalarType type, bool zeros, int64_t margin_words = -1) {
   int64_t numel = 1;
   for (const int64_t size : sizes) numel *= size;

@@ -5,13 +5,12 @@
 // The enclosing namespace provides: Vec (kLanes 64-bit lanes), Mask, kPixelVectors (the register block
 // is kPixelVectors vectors of kLanes output pixels x kChannels output channels), lane_mask, macc (add where the
 // mask is on), vzero, vbcast, vxor, vpopcnt, vload, vsub, vadd, store_i32 (kLanes int64 -> int32); and, if it
-// defines BNN_DIRECT_EPILOGUE,
-// finish_block, which runs the epilogue on a register block and writes the output and the next layer's
-// bits (else the sums go to a tile, and finish_tile runs the epilogue on it); if it defines BNN_BYTE_COUNTS,
-// byte_popcounts (the popcount of each byte), add_bytes (add bytes where the mask is on) and sum_bytes (a lane's
-// bytes summed), for dot_block_bytes; and, if it defines
-// BNN_HALF_WORDS, dot_block_half<P> (dot_block's arguments and sums, for groups of at most 32 input channels)
-// with blocks of up to kHalfPixelVectors vectors, in pairs.
+// defines BNN_DIRECT_EPILOGUE, finish_block, which runs the epilogue on a register block and writes the output
+// and the next layer's bits (else the sums go to a tile, and finish_tile runs the epilogue on it); if it defines
+// BNN_BYTE_COUNTS, byte_popcounts (the popcount of each byte), add_bytes (add bytes where the mask is on) and
+// sum_bytes (a lane's bytes summed), for dot_block_bytes; and, if it defines BNN_HALF_WORDS, dot_block_half<P>
+// (dot_block's arguments and sums, for groups of at most 32 input channels) with blocks of up to
+// kHalfPixelVectors vectors, in pairs.
 //
 // Vector lanes run over output pixels of one row, so the sums of one output channel are contiguous, as
 // the NCHW output is: no transposition before the epilogue. The packed input is phase-split by the stride
@@ -40,7 +39,7 @@ inline void finish_block(Vec (&acc)[P][kChannels], const int64_t* n_valid, const
 // const uint64_t*). The lanes of vector p that count for tap t: masks[p * mask_stride + tap_mask[t]] (bytes).
 // Whole vectors are loaded, lanes outside the input included (the input's storage reaches on: load_reach_words),
 // and the lanes are masked in the sums alone: masked loads took an ALU operation more each (with them, 128@28,
-// 256@14, 512@7 and 128@56 ran 4.6-6% slower, 32@112 2-4%).
+// 256@14, 512@7 and 128@56 ran 5-6.4% slower, 32@112 2-3%).
 template <int P>
 inline void dot_block(const void* in, const int64_t* tap_in, const int64_t* tap_w, const int* tap_mask,
                       int64_t taps, int64_t wg, int64_t in_word_stride, int64_t w_word_stride, const uint64_t* wt,
