@@ -368,15 +368,18 @@ inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, c
 
 #ifdef BNN_DIRECT_EPILOGUE
 // Whether conv_tasks_flat pays: rows that leave lanes of their last vector (of 16 lanes on the half-word path)
-// empty; on the 64-bit path, also rows that leave a block of less than kPixelVectors vectors at their end (56
-// pixels: 2 + 2 + 2 + 1 vectors) and 1x1 kernels. (Flat, 3x3 64@56 and 128@56 ran 3.3% faster at batch 1 and
-// 1.8-2.5% at batch 8, 4.7-6.5% with a four-step epilogue, 1.7-4.1% on two threads; rows of 112, whose blocks are
-// whole, 6% slower; 1x1 rows of 56 pixels 3.6-5.7% faster; the half-word path's 1x1 at 112, 1.4% faster at
-// batch 1, 4.7% slower at 8.)
+// empty; also rows that leave a block of less than the largest at their end (on the 64-bit path, 56 pixels: 2 + 2 +
+// 2 + 1 vectors; on the half-word path, 112 pixels: 3 + 2 + 2 units) and, on the 64-bit path, 1x1 kernels. (Flat,
+// 3x3 64@56 and 128@56 ran 3.3% faster at batch 1 and 1.8-2.5% at batch 8, 4.7-6.5% with a four-step epilogue,
+// 1.7-4.1% on two threads; rows of 112, whose blocks are whole, 6% slower; 1x1 rows of 56 pixels 3.6-5.7% faster;
+// the half-word path's 1x1 at 112, 1.4% faster at batch 1, 4.7% slower at 8; its 3x3 at 112, with the whole
+// blocks' inline epilogue, 2.5-3.5% faster at batch 1, 8% with a four-step epilogue, 0-1% at batch 8, 3-4% on two
+// threads.)
 inline bool flat_pays(const ConvShape& s) {
   const BlockPlan plan = block_plan(s);
-  const bool partial_blocks = s.wo % (kLanes * plan.max_units) != 0;
-  return (plan.unit == 1 && (s.kh * s.kw == 1 || partial_blocks)) || s.wo % (plan.unit * kLanes) != 0;
+  const bool partial_blocks = s.wo % (kLanes * plan.unit * plan.max_units) != 0;
+  return (partial_blocks && (plan.unit == 1 || s.kh * s.kw > 1)) || (plan.unit == 1 && s.kh * s.kw == 1) ||
+         s.wo % (plan.unit * kLanes) != 0;
 }
 
 // Stride 1, output as large as the input (flat_geometry): the output pixels flat over the batch, q = (n * Ho +
