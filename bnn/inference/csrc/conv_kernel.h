@@ -50,14 +50,13 @@ inline void dot_block(const void* in, const int64_t* tap_in, const int64_t* tap_
   for (int p = 0; p < P; ++p)
 #pragma GCC unroll 16
     for (int c = 0; c < kChannels; ++c) acc[p][c] = vzero();
-  // tap t's `words` words (wg, or the same as a constant)
-  const auto run_tap = [&](int64_t t, int64_t words) __attribute__((always_inline)) {
+  for (int64_t t = 0; t < taps; ++t) {
     Mask m[P];
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p) m[p] = lane_mask(masks[p * mask_stride + tap_mask[t]]);
     const uint64_t* a = static_cast<const uint64_t*>(in) + tap_in[t];
     const uint64_t* w = wt + tap_w[t];
-    for (int64_t k = 0; k < words; ++k) {
+    for (int64_t k = 0; k < wg; ++k) {
       Vec x[P];
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) x[p] = vload(a + k * in_word_stride + p * kLanes);
@@ -69,15 +68,6 @@ inline void dot_block(const void* in, const int64_t* tap_in, const int64_t* tap_
         for (int p = 0; p < P; ++p) acc[p][c] = macc(acc[p][c], m[p], vpopcnt(vxor(x[p], wv)));
       }
     }
-  };
-  // All 9 taps of a 3x3 kernel of one word (up to 64 channels a group) as straight-line code, with no loop: 64@56
-  // 4.5-5% faster on AVX-512. (The same for taps of two to eight words, 128@28 to 512@7: unchanged; on the
-  // half-word path, 32@112: 12% slower.)
-  if (taps == 9 && wg == 1) {
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) run_tap(t, 1);
-  } else {
-    for (int64_t t = 0; t < taps; ++t) run_tap(t, wg);
   }
   finish_block<P>(acc, n_valid, out);
 }
