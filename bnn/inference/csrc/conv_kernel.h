@@ -368,18 +368,19 @@ inline void conv_tasks(const ConvShape& s, const void* in, const uint64_t* wt, c
 
 #ifdef BNN_DIRECT_EPILOGUE
 // Whether conv_tasks_flat pays: rows that leave lanes of their last vector (of 16 lanes on the half-word path)
-// empty; also rows that leave a block of less than the largest at their end (on the 64-bit path, 56 pixels: 2 + 2 +
-// 2 + 1 vectors; on the half-word path, 112 pixels: 3 + 2 + 2 units) and, on the 64-bit path, 1x1 kernels. (Flat,
-// 3x3 64@56 and 128@56 ran 3.3% faster at batch 1 and 1.8-2.5% at batch 8, 4.7-6.5% with a four-step epilogue,
-// 1.7-4.1% on two threads; rows of 112, whose blocks are whole, 6% slower; 1x1 rows of 56 pixels 3.6-5.7% faster;
-// the half-word path's 1x1 at 112, 1.4% faster at batch 1, 4.7% slower at 8; its 3x3 at 112, with the whole
-// blocks' inline epilogue, 2.5-3.5% faster at batch 1, 8% with a four-step epilogue, 0-1% at batch 8, 3-4% on two
-// threads.)
+// empty; rows that leave a block of less than the largest at their end (on the 64-bit path 56 pixels, 2 + 2 + 2 + 1
+// vectors; on the half-word path 112 pixels, 3 + 2 + 2 units), but for the half-word path's 1x1 kernels; and the
+// 64-bit path's 1x1 kernels. (Flat on the 64-bit path: 3x3 64@56 and 128@56 3.3% faster at batch 1 and 1.8-2.5% at
+// batch 8, 4.7-6.5% with a four-step epilogue, 1.7-4.1% on two threads; rows of 112, whose blocks are whole, 6%
+// slower; 1x1 rows of 56 pixels 3.6-5.7% faster. On the half-word path: 1x1 at 112 1.4% faster at batch 1, 4.7%
+// slower at 8; 3x3 at 112, with the whole blocks' inline epilogue, 2.5-3.5% faster at batch 1, 8% with a four-step
+// epilogue, 3-4% on two threads, 0-1% at batch 8.)
 inline bool flat_pays(const ConvShape& s) {
   const BlockPlan plan = block_plan(s);
+  const bool half_words = plan.unit == 2, one_by_one = s.kh * s.kw == 1;
+  const bool empty_lanes = s.wo % (plan.unit * kLanes) != 0;
   const bool partial_blocks = s.wo % (kLanes * plan.unit * plan.max_units) != 0;
-  return (partial_blocks && (plan.unit == 1 || s.kh * s.kw > 1)) || (plan.unit == 1 && s.kh * s.kw == 1) ||
-         s.wo % (plan.unit * kLanes) != 0;
+  return empty_lanes || (half_words ? partial_blocks && !one_by_one : partial_blocks || one_by_one);
 }
 
 // Stride 1, output as large as the input (flat_geometry): the output pixels flat over the batch, q = (n * Ho +
